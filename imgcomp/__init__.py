@@ -1,1 +1,2 @@
-"""imgcomp: PyTorch port of Mentzer et al., CVPR 2018 (Conditional Probability Models for Deep Image Compression)."""
+"""imgcomp: a PyTorch port of Mentzer et al., "Conditional Probability Models for Deep Image
+Compression" (CVPR 2018)."""

@@ -1,0 +1,416 @@
+"""Training: optimizers and schedules from the configs, the loop, logging and checkpoints.
+
+`python train.py AE_CONFIG PC_CONFIG ...` calls `main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+from imgcomp import checkpoint as ckpt
+from imgcomp.config import Config, ConfigError, load_config
+from imgcomp.data import DatasetError, make_loader
+from imgcomp.losses import LossTerms, compute_loss
+from imgcomp.model import ImageCodec
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="train.py",
+        description="Train the CVPR 2018 image codec (autoencoder + probability classifier).",
+    )
+    p.add_argument("ae_config", help="autoencoder config, e.g. ae_configs/cvpr/low")
+    p.add_argument(
+        "pc_config", help="probability classifier config, e.g. pc_configs/cvpr/res_shallow"
+    )
+    p.add_argument(
+        "--dataset_train",
+        required=True,
+        help="imgnet_train (TFRecords under $RECORDS_ROOT/train), a quoted glob "
+        "or a directory of images",
+    )
+    p.add_argument("--dataset_test", required=True, help="as --dataset_train (imgnet_test)")
+    p.add_argument("--log_dir_root", required=True, help="where the job's log dir is made")
+    p.add_argument(
+        "--log_interval_train",
+        type=int,
+        default=100,
+        metavar="STEPS",
+        help="console + TensorBoard train summaries every STEPS (default 100)",
+    )
+    p.add_argument(
+        "--log_interval_test",
+        type=int,
+        default=1000,
+        metavar="STEPS",
+        help="evaluate on the test set (qhard) every STEPS (default 1000)",
+    )
+    p.add_argument(
+        "--log_interval_save",
+        type=int,
+        default=1000,
+        metavar="STEPS",
+        help="checkpoint every STEPS (default 1000)",
+    )
+    p.add_argument(
+        "--ckpt_interval",
+        type=float,
+        metavar="HOURS",
+        help="also checkpoint every HOURS of wall time",
+    )
+    p.add_argument("--restore", metavar="CKPT_DIR", help="log dir or its ckpts/ to restore")
+    p.add_argument(
+        "--restore_itr", type=int, default=-1, help="step of the checkpoint to restore (-1: latest)"
+    )
+    p.add_argument(
+        "--restore_continue",
+        action="store_true",
+        help="keep writing into the restored log dir instead of a new one",
+    )
+    p.add_argument(
+        "--restore_skip_vars",
+        metavar="PREFIXES",
+        help="comma-separated parameter name prefixes not to restore, e.g. "
+        "'probclass' (optimizer states then start fresh)",
+    )
+    p.add_argument("--temporary", action="store_true", help="append _TMP to --log_dir_root")
+    p.add_argument("--max_steps", type=int, help="stop when the global step reaches this")
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda"),
+        help="auto (default) uses CUDA when present",
+    )
+    p.add_argument("--num_workers", type=int, default=2, help="data loader processes")
+    p.add_argument(
+        "--num_test_batches", type=int, default=10, help="test batches per evaluation (default 10)"
+    )
+    p.add_argument(
+        "--keep_ckpts", type=int, default=5, help="checkpoints kept in ckpts/ (default 5, 0 = all)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    return p
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+def _make_optimizer(params, cfg: Config, lr: float) -> torch.optim.Optimizer:
+    if cfg.optimizer == "ADAM":
+        # The fused kernel updates all parameters in one call (CPU and CUDA).
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    momentum = cfg.optimizer_momentum if cfg.optimizer == "MOMENTUM" else 0.0
+    return torch.optim.SGD(params, lr=lr, momentum=momentum)
+
+
+def lr_factor(cfg: Config, step: int, steps_per_epoch: float) -> float:
+    """DECAY: lr_initial * rate^(epoch / interval), the exponent floored when staircase."""
+    if cfg.lr_schedule == "FIXED":
+        return 1.0
+    exponent = step / (steps_per_epoch * cfg.lr_schedule_decay_interval)
+    if cfg.lr_schedule_decay_staircase:
+        exponent = math.floor(exponent)
+    return cfg.lr_schedule_decay_rate**exponent
+
+
+class Trainer:
+    """Holds model, optimizers and schedules; one `train_step` per batch."""
+
+    def __init__(
+        self, ae_cfg: Config, pc_cfg: Config, device: torch.device, num_train_images: int
+    ) -> None:
+        self.ae_cfg, self.pc_cfg, self.device = ae_cfg, pc_cfg, device
+        self.model = ImageCodec.from_configs(ae_cfg, pc_cfg).to(device)
+        self.step = 0
+        centers_lr = ae_cfg.lr_initial * (ae_cfg.lr_centers_factor or 1.0)
+        self.ae_optimizer = _make_optimizer(
+            [
+                {"params": self.model.autoencoder.parameters()},
+                {"params": self.model.quantizer.parameters(), "lr": centers_lr},
+            ],
+            ae_cfg,
+            ae_cfg.lr_initial,
+        )
+        self.pc_optimizer = _make_optimizer(
+            self.model.probclass.parameters(), pc_cfg, pc_cfg.lr_initial
+        )
+        steps_per_epoch = max(num_train_images / ae_cfg.batch_size, 1e-9)
+        self.ae_schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.ae_optimizer, lambda s: lr_factor(ae_cfg, s, steps_per_epoch)
+        )
+        self.pc_schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.pc_optimizer, lambda s: lr_factor(pc_cfg, s, steps_per_epoch)
+        )
+
+    def train_step(self, x: torch.Tensor) -> LossTerms | None:
+        """One optimization step; returns the loss terms, or None (and no update) when the
+        loss is not finite."""
+        self.model.train()
+        out = self.model(x)
+        terms = compute_loss(self.model, out, x, self.ae_cfg, self.pc_cfg)
+        if not (torch.isfinite(terms.ae_loss) and torch.isfinite(terms.pc_loss)):
+            return None
+        self.ae_optimizer.zero_grad(set_to_none=True)
+        self.pc_optimizer.zero_grad(set_to_none=True)
+        (terms.ae_loss + terms.pc_loss).backward()
+        # A frozen part keeps no gradients, so its optimizer step leaves it unchanged while
+        # the schedules still follow the global step.
+        if not self.ae_cfg.train_autoencoder:
+            self.ae_optimizer.zero_grad(set_to_none=True)
+        if not self.ae_cfg.train_probclass:
+            self.pc_optimizer.zero_grad(set_to_none=True)
+        self.ae_optimizer.step()
+        self.pc_optimizer.step()
+        self.ae_schedule.step()
+        self.pc_schedule.step()
+        self.step += 1
+        return terms
+
+    @torch.no_grad()
+    def evaluate(self, batches: Iterator[torch.Tensor]) -> dict[str, float]:
+        """Mean test metrics on qhard (eval mode), weighted by batch size."""
+        self.model.eval()
+        sums: dict[str, float] = {}
+        count = 0
+        for x in batches:
+            x = x.to(self.device)
+            terms = compute_loss(self.model, self.model(x), x, self.ae_cfg, self.pc_cfg)
+            for name in ("ms_ssim", "psnr", "bpp", "H_real", "ae_loss"):
+                sums[name] = sums.get(name, 0.0) + float(getattr(terms, name)) * len(x)
+            count += len(x)
+        return {k: v / max(count, 1) for k, v in sums.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "ae_optimizer": self.ae_optimizer.state_dict(),
+            "pc_optimizer": self.pc_optimizer.state_dict(),
+            "ae_schedule": self.ae_schedule.state_dict(),
+            "pc_schedule": self.pc_schedule.state_dict(),
+        }
+
+    def restore(self, state: dict[str, Any], skip_prefixes: list[str]) -> None:
+        model_state = {
+            k: v
+            for k, v in state["model"].items()
+            if not any(k.startswith(p) for p in skip_prefixes)
+        }
+        missing, unexpected = self.model.load_state_dict(model_state, strict=False)
+        missing = [k for k in missing if not any(k.startswith(p) for p in skip_prefixes)]
+        if missing or unexpected:
+            raise ckpt.CheckpointError(
+                "checkpoint does not fit the configured model "
+                f"(missing: {missing[:5]}, unexpected: {unexpected[:5]})"
+            )
+        self.step = int(state["step"])
+        if not skip_prefixes:
+            self.ae_optimizer.load_state_dict(state["ae_optimizer"])
+            self.pc_optimizer.load_state_dict(state["pc_optimizer"])
+        self.ae_schedule.load_state_dict(state["ae_schedule"])
+        self.pc_schedule.load_state_dict(state["pc_schedule"])
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _batches_forever(loader) -> Iterator[torch.Tensor]:
+    """Iterate epochs back to back (each new iteration of the loader reshuffles)."""
+    while True:
+        yielded = False
+        for batch in loader:
+            yielded = True
+            yield batch
+        if not yielded:
+            raise DatasetError(
+                "the training set yields no full batch: it has fewer images than batch_size"
+            )
+
+
+class _StopRequest:
+    """Turns SIGTERM into a flag checked between steps, so the last step is checkpointed."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def close(self) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def _log_train(
+    writer: SummaryWriter, trainer: Trainer, terms: LossTerms, x: torch.Tensor, img_per_s: float
+) -> None:
+    step = trainer.step
+    lr = trainer.ae_optimizer.param_groups[0]["lr"]
+    print(
+        f"{step:7d}: loss={float(terms.ae_loss.detach()):.4f}  ms_ssim={float(terms.ms_ssim):.4f}  "
+        f"psnr={float(terms.psnr):.2f}  bpp={float(terms.bpp):.4f}  "
+        f"H_real={float(terms.H_real):.4f}  lr={lr:.2e}  {img_per_s:.1f} img/s",
+        flush=True,
+    )
+    for name in ("ae_loss", "pc_loss", "ms_ssim", "psnr", "bpp", "H_real", "H_mask", "H_soft"):
+        writer.add_scalar(f"train/{name}", float(getattr(terms, name).detach()), step)
+    writer.add_scalar("train/lr", lr, step)
+    writer.add_scalar("train/img_per_s", img_per_s, step)
+    writer.add_histogram("train/centers", trainer.model.quantizer.centers.detach().cpu(), step)
+    with torch.no_grad():
+        trainer.model.eval()
+        out = trainer.model(x[:2])
+    writer.add_images("input", x[:2].cpu() / 255.0, step)
+    writer.add_images("output", out.x_hat.cpu() / 255.0, step)
+    if out.mask is not None:
+        writer.add_images("heatmap", out.mask.mean(1, keepdim=True).cpu(), step)
+
+
+def _log_test(writer: SummaryWriter, step: int, metrics: dict[str, float]) -> None:
+    print(
+        f"{step:7d}: [test] ms_ssim={metrics['ms_ssim']:.4f}  psnr={metrics['psnr']:.2f}  "
+        f"bpp={metrics['bpp']:.4f}  H_real={metrics['H_real']:.4f}",
+        flush=True,
+    )
+    for name, value in metrics.items():
+        writer.add_scalar(f"test/{name}", value, step)
+
+
+def _test_batches(loader, limit: int) -> Iterator[torch.Tensor]:
+    for i, batch in enumerate(loader):
+        if i >= limit:
+            return
+        yield batch
+
+
+def train(args: argparse.Namespace) -> int:
+    ae_cfg, pc_cfg = load_config(args.ae_config), load_config(args.pc_config)
+    device = select_device(args.device)
+    _seed_everything(args.seed)
+    crop = tuple(ae_cfg.crop_size)
+    train_loader, num_train = make_loader(
+        args.dataset_train,
+        crop,
+        ae_cfg.batch_size,
+        train=True,
+        num_workers=args.num_workers,
+        seed=args.seed,
+    )
+    test_loader, _ = make_loader(
+        args.dataset_test, crop, ae_cfg.batch_size, train=False, num_workers=0, seed=args.seed
+    )
+    trainer = Trainer(ae_cfg, pc_cfg, device, num_train)
+
+    log_dir_root = args.log_dir_root + ("_TMP" if args.temporary else "")
+    if args.restore:
+        restore_path = ckpt.checkpoint_path(args.restore, args.restore_itr)
+        skip = [s for s in (args.restore_skip_vars or "").split(",") if s]
+        trainer.restore(ckpt.load_checkpoint(restore_path, device), skip)
+        print(f"Restored {restore_path} (step {trainer.step})")
+        # Resume the data order at the epoch the restored step belongs to.
+        train_loader.set_epoch(trainer.step * ae_cfg.batch_size // num_train)
+    if args.restore and args.restore_continue:
+        log_dir = ckpt.ckpt_dir_of(args.restore).parent
+    else:
+        log_dir = ckpt.make_log_dir(log_dir_root, args.ae_config, args.pc_config)
+    ckpt_dir = log_dir / ckpt.CKPTS_DIRNAME
+    ckpt.write_configs(ckpt_dir, ae_cfg, pc_cfg)
+    print(
+        f"Log dir: {log_dir}\nDevice: {device}; {num_train} training images; "
+        f"{sum(p.numel() for p in trainer.model.parameters()):,} parameters",
+        flush=True,
+    )
+
+    if args.max_steps is not None and trainer.step >= args.max_steps:
+        print(f"Global step {trainer.step} already >= --max_steps {args.max_steps}; nothing to do.")
+        return 0
+
+    def save(reason: str) -> None:
+        path = ckpt.save_checkpoint(
+            ckpt_dir, trainer.step, trainer.state_dict(), keep=args.keep_ckpts
+        )
+        print(f"Saved {path} ({reason})", flush=True)
+
+    writer = SummaryWriter(log_dir=str(log_dir))
+    stop = _StopRequest()
+    last_saved_step, last_save_time = trainer.step, time.time()
+    interval_start, interval_images = time.time(), 0
+    exit_code = 0
+    try:
+        for x in _batches_forever(train_loader):
+            x = x.to(device, non_blocking=True)
+            terms = trainer.train_step(x)
+            if terms is None:
+                saved = ckpt.list_checkpoints(ckpt_dir)
+                last_good = f"{saved[-1][1]}" if saved else "none (no checkpoint saved yet)"
+                print(
+                    f"error: loss is NaN/inf at step {trainer.step + 1}; stopping without "
+                    f"saving. Last good checkpoint: {last_good}",
+                    file=sys.stderr,
+                )
+                return 1
+            interval_images += len(x)
+            step = trainer.step
+            if step % args.log_interval_train == 0:
+                img_per_s = interval_images / max(time.time() - interval_start, 1e-9)
+                _log_train(writer, trainer, terms, x, img_per_s)
+                interval_start, interval_images = time.time(), 0
+            if step % args.log_interval_test == 0:
+                _log_test(
+                    writer,
+                    step,
+                    trainer.evaluate(_test_batches(test_loader, args.num_test_batches)),
+                )
+            hours = (time.time() - last_save_time) / 3600
+            if step % args.log_interval_save == 0 or (
+                args.ckpt_interval and hours >= args.ckpt_interval
+            ):
+                save("interval")
+                last_saved_step, last_save_time = step, time.time()
+            if args.max_steps is not None and step >= args.max_steps:
+                print(f"Reached --max_steps {args.max_steps}.")
+                break
+            if stop.requested:
+                print("SIGTERM received; stopping.")
+                exit_code = 143
+                break
+    except KeyboardInterrupt:
+        print("Interrupted; stopping.")
+        exit_code = 130
+    finally:
+        stop.close()
+        writer.close()
+    if trainer.step != last_saved_step:
+        save("last step")
+    return exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_arg_parser().parse_args(argv)
+    try:
+        return train(args)
+    except (ConfigError, DatasetError, ckpt.CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

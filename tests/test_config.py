@@ -1,0 +1,482 @@
+"""Tests for imgcomp.config: the shipped configs, the file format, and its error reporting."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+from pathlib import Path
+
+import pytest
+
+from imgcomp.config import Config, ConfigError, config_job_name, config_to_text, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = sorted(
+    p
+    for root in ("ae_configs", "pc_configs")
+    for p in (REPO / root).rglob("*")
+    if p.is_file() and not p.name.startswith(".")
+)
+
+
+def write(directory: Path, name: str, text: str) -> Path:
+    path = directory / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+# ---------------------------------------------------------------------------- shipped configs
+
+
+def test_shipped_configs_exist():
+    names = {str(p.relative_to(REPO)) for p in SHIPPED}
+    expected = {
+        "ae_configs/base",
+        "ae_configs/cvpr/base",
+        "ae_configs/cvpr/low",
+        "ae_configs/cvpr/med",
+        "ae_configs/cvpr/hi",
+        "pc_configs/base",
+        "pc_configs/cvpr/res_shallow",
+        "pc_configs/cvpr/res_shallow_64",
+    }
+    assert expected <= names
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO)))
+def test_shipped_config_loads_and_round_trips(path: Path, tmp_path: Path):
+    cfg = load_config(path)
+    assert len(cfg) > 0
+    assert cfg.source_path == path
+    text = config_to_text(cfg)
+    assert str(path) in text.splitlines()[0]
+    assert "use " not in text
+    flat = load_config(write(tmp_path, "flat", text))
+    assert flat == cfg
+    # Equality alone would accept 1 for True or a list for a tuple.
+    for name, value in cfg.items():
+        assert type(flat[name]) is type(value), name
+
+
+def test_ae_base_values():
+    cfg = load_config(REPO / "ae_configs/base")
+    assert cfg.num_chan_bn == 192
+    assert cfg.regularization_factor == pytest.approx(1e-2)
+    assert cfg.normalization == "FIXED"
+    assert cfg.distortion_to_minimize == "mse"
+    assert cfg.optimizer == "ADAM"
+    assert cfg.lr_schedule == "DECAY"
+    assert cfg.H_target is None
+    assert cfg.crop_size == (128, 128)
+    assert cfg.arch == "TwoLayerNet"
+    assert cfg.arch_param_B == 3
+    assert cfg.arch_param_n == 128
+    assert cfg.bn_momentum == pytest.approx(0.1)
+    assert cfg.bn_eps == pytest.approx(1e-5)
+
+
+def test_cvpr_ae_values():
+    low = load_config(REPO / "ae_configs/cvpr/low")
+    med = load_config(REPO / "ae_configs/cvpr/med")
+    hi = load_config(REPO / "ae_configs/cvpr/hi")
+    assert low.H_target == pytest.approx(0.4)
+    assert med.H_target == pytest.approx(1.2)
+    assert hi.H_target == pytest.approx(1.0)
+    assert (low.num_chan_bn, med.num_chan_bn, hi.num_chan_bn) == (32, 32, 64)
+    for cfg in (low, med, hi):
+        assert cfg.crop_size == (160, 160)
+        assert isinstance(cfg.crop_size, tuple)
+        assert cfg.normalization == "FIXED"
+        assert type(cfg.normalization) is str
+        assert cfg.distortion_to_minimize == "ms_ssim"
+        assert cfg.arch == "CVPR"
+        assert cfg.beta == 500
+        assert cfg.lr_initial == pytest.approx(8e-5)
+        assert cfg.arch_param_B == 5
+        # Inherited unchanged from ae_configs/base.
+        assert cfg.batch_size == 30
+        assert cfg.K_psnr == 100
+        assert cfg.optimizer == "ADAM"
+        assert cfg.heatmap is True
+        assert cfg.lr_centers_factor is None
+        assert cfg.quantizer_sigma == 1
+
+
+def test_pc_values():
+    base = load_config(REPO / "pc_configs/base")
+    shallow = load_config(REPO / "pc_configs/cvpr/res_shallow")
+    shallow64 = load_config(REPO / "pc_configs/cvpr/res_shallow_64")
+    assert base.kernel_size == 5
+    assert base.arch == "base"
+    assert shallow.kernel_size == 3
+    assert shallow.arch == "res_shallow"
+    assert shallow.arch_param__k == 24
+    assert shallow64.arch_param__k == 64
+    assert shallow64.kernel_size == 3
+    assert shallow64.arch == "res_shallow"
+    for cfg in (base, shallow, shallow64):
+        assert cfg.arch_param__fc == 64
+        assert cfg.arch_param__non_linearity == "relu"
+        assert cfg.regularization_factor is None
+        assert cfg.learn_pad_var is False
+        assert cfg.use_centers_for_padding is True
+        assert cfg.optimizer == "ADAM"
+        assert cfg.lr_schedule == "DECAY"
+
+
+# ---------------------------------------------------------------------------- Config object
+
+
+def test_config_access():
+    cfg = load_config(REPO / "ae_configs/cvpr/low")
+    assert cfg["num_centers"] == cfg.num_centers == 6
+    assert "num_centers" in cfg
+    assert "nope" not in cfg
+    assert cfg.get("nope", 7) == 7
+    assert isinstance(cfg.to_dict(), dict)
+    assert cfg.to_dict()["crop_size"] == (160, 160)
+    with pytest.raises(AttributeError, match=r"ae_configs/cvpr/low.*'nope'"):
+        _ = cfg.nope
+    with pytest.raises(KeyError):
+        _ = cfg["nope"]
+    with pytest.raises(AttributeError):
+        cfg.num_centers = 3  # type: ignore[misc]
+
+
+def test_config_copy_and_pickle():
+    cfg = load_config(REPO / "pc_configs/cvpr/res_shallow")
+    for clone in (pickle.loads(pickle.dumps(cfg)), copy.deepcopy(cfg)):
+        assert clone == cfg
+        assert clone.source_path == cfg.source_path
+        assert clone.kernel_size == 3
+
+
+def test_to_dict_is_a_copy():
+    cfg = Config({"a": [1, 2]})
+    cfg.to_dict()["a"].append(3)
+    assert cfg.a == [1, 2]
+
+
+# ---------------------------------------------------------------------------- file format
+
+
+def test_use_chain_and_overrides(tmp_path: Path):
+    write(tmp_path, "base", "a = 1\nb = 2\nc = 3\n")
+    write(tmp_path, "sub/mid", "use ../base\nb = 20\nd = b + a\n")
+    leaf = write(tmp_path, "sub/deeper/leaf", "use ../mid\nc = 30\n")
+    cfg = load_config(leaf)
+    assert cfg.to_dict() == {"a": 1, "b": 20, "c": 30, "d": 21}
+
+
+def test_later_use_overrides_earlier_assignments(tmp_path: Path):
+    write(tmp_path, "other", "a = 2\n")
+    cfg = load_config(write(tmp_path, "main", "a = 1\nuse other\n"))
+    assert cfg.a == 2
+
+
+def test_arithmetic_and_names(tmp_path: Path):
+    text = (
+        "n = 3*8*8\n"
+        "h = 2*0.6\n"
+        "m = -n + 2**3 - 7 // 2 + 7 % 4\n"
+        "r = n / 64\n"
+        "s = 'ab' + \"cd\"\n"
+        "neg = -1e-3\n"
+        "pos = +5\n"
+        "t = (n, h)\n"
+    )
+    cfg = load_config(write(tmp_path, "c", text))
+    assert cfg.n == 192
+    assert cfg.h == pytest.approx(1.2)
+    assert cfg.m == -192 + 8 - 3 + 3
+    assert cfg.r == 3.0
+    assert cfg.s == "abcd"
+    assert cfg.neg == pytest.approx(-1e-3)
+    assert cfg.pos == 5
+    assert cfg.t == (192, pytest.approx(1.2))
+
+
+def test_names_do_not_share_mutable_values(tmp_path: Path):
+    cfg = load_config(write(tmp_path, "c", "a = [1]\nb = a\n"))
+    assert cfg.a == cfg.b
+    assert cfg.a is not cfg.b
+
+
+def test_multiline_values(tmp_path: Path):
+    text = (
+        "lst = [\n"
+        "    1,  # one\n"
+        "    2,\n"
+        "]\n"
+        "dct = {'x': (1,\n"
+        "             2),\n"
+        "       'y': [3]}\n"
+        "tup = (\n"
+        "  'a#b',\n"
+        ")\n"
+        "after = 5\n"
+    )
+    cfg = load_config(write(tmp_path, "c", text))
+    assert cfg.lst == [1, 2]
+    assert cfg.dct == {"x": (1, 2), "y": [3]}
+    assert cfg.tup == ("a#b",)
+    assert cfg.after == 5
+
+
+def test_comments_and_blank_lines(tmp_path: Path):
+    text = (
+        "# header comment\n"
+        "\n"
+        "   # indented comment\n"
+        "a = 'x#y'  # trailing\n"
+        'b = "it\'s # here"\n'
+        "c = 'esc \\' # still a string'  # real comment\n"
+        "d = 4# no space\n"
+    )
+    cfg = load_config(write(tmp_path, "c", text))
+    assert cfg.to_dict() == {"a": "x#y", "b": "it's # here", "c": "esc ' # still a string", "d": 4}
+
+
+def test_env_substitution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("IMGCOMP_TEST_DIR", "/data/imgs")
+    monkeypatch.setenv("IMGCOMP_TEST_N", "7")
+    monkeypatch.delenv("IMGCOMP_TEST_UNSET", raising=False)
+    text = (
+        "root = '$IMGCOMP_TEST_DIR$/train'\n"
+        "n = $IMGCOMP_TEST_N$ * 2\n"
+        "# $IMGCOMP_TEST_UNSET$ in a comment is not substituted\n"
+    )
+    cfg = load_config(write(tmp_path, "c", text))
+    assert cfg.root == "/data/imgs/train"
+    assert cfg.n == 14
+
+
+def test_env_substitution_in_use_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    write(tmp_path, "shared/base", "a = 1\n")
+    monkeypatch.setenv("IMGCOMP_TEST_SHARED", str(tmp_path / "shared"))
+    cfg = load_config(write(tmp_path, "c", "use $IMGCOMP_TEST_SHARED$/base\nb = a\n"))
+    assert cfg.b == 1
+
+
+def test_enum_words_via_constraint(tmp_path: Path):
+    write(tmp_path, "base", "constrain mode :: OFF, FIXED\nmode = OFF\n")
+    # The derived file may use any word of the base's constraint.
+    cfg = load_config(write(tmp_path, "c", "use base\nmode = FIXED\n"))
+    assert cfg.mode == "FIXED"
+    assert type(cfg.mode) is str
+
+
+def test_constraint_later_in_chain_applies(tmp_path: Path):
+    # A constrain line after the assignment still allows the word and is still checked.
+    cfg = load_config(write(tmp_path, "c", "mode = B\nconstrain mode :: A, B\n"))
+    assert cfg.mode == "B"
+
+
+def test_defined_name_wins_over_enum_word(tmp_path: Path):
+    text = "A = 'value of A'\nconstrain x :: A, B\nx = A\n"
+    with pytest.raises(ConfigError, match=r"c:3: .*violates"):
+        load_config(write(tmp_path, "c", text))
+
+
+def test_constraint_with_literals(tmp_path: Path):
+    text = "constrain k :: 3, 5, 'seven'\nk = 5\nconstrain flag :: 1\n"
+    assert load_config(write(tmp_path, "ok", text + "flag = 1\n")).flag == 1
+    with pytest.raises(ConfigError, match=r"bad:4: .*violates"):
+        # True == 1 in Python, but a bool must not satisfy an int constraint.
+        load_config(write(tmp_path, "bad", text + "flag = True\n"))
+
+
+def test_constraint_checked_on_final_value(tmp_path: Path):
+    write(tmp_path, "base", "constrain mode :: A, B\nmode = 'C'\n")
+    cfg = load_config(write(tmp_path, "c", "use base\nmode = A\n"))
+    assert cfg.mode == "A"
+
+
+# ---------------------------------------------------------------------------- job names
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("ae_configs/cvpr/low", "cvpr@low"),
+        ("pc_configs/cvpr/res_shallow", "cvpr@res_shallow"),
+        ("ae_configs/base", "base"),
+        ("/abs/somewhere/ae_configs/a/b/c", "a@b@c"),
+        ("/x/ae_configs/pc_configs/cvpr/hi", "cvpr@hi"),
+        ("ae_configs/cvpr/../cvpr/hi", "cvpr@hi"),
+        ("/tmp/elsewhere/myconf", "myconf"),
+        (Path("pc_configs/cvpr/res_shallow_64"), "cvpr@res_shallow_64"),
+    ],
+)
+def test_config_job_name(path: str, expected: str):
+    assert config_job_name(path) == expected
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+def assert_config_error(path: Path, lineno: int, *fragments: str) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}:{lineno}: "), message
+    for fragment in fragments:
+        assert fragment in message, message
+    return info.value
+
+
+def test_violated_constraint(tmp_path: Path):
+    path = write(tmp_path, "c", "constrain opt :: ADAM, SGD\n\nopt = 'RMSPROP'\n")
+    assert_config_error(path, 3, "opt", "RMSPROP", f"{path}:1")
+
+
+def test_violated_constraint_reports_final_assignment(tmp_path: Path):
+    base = write(tmp_path, "base", "constrain opt :: ADAM, SGD\nopt = ADAM\n")
+    leaf = write(tmp_path, "leaf", "use base\n# comment\nopt = 'NADAM'\n")
+    err = assert_config_error(leaf, 3, "NADAM")
+    assert f"{base}:1" in str(err)
+
+
+def test_constrained_name_never_assigned(tmp_path: Path):
+    assert_config_error(write(tmp_path, "c", "a = 1\nconstrain b :: X, Y\n"), 2, "never assigned")
+
+
+def test_unknown_name(tmp_path: Path):
+    assert_config_error(write(tmp_path, "c", "alpha = 1\nb = 2\nc = alpah * 2\n"), 3, "alpah")
+
+
+def test_unknown_word_not_in_constraint(tmp_path: Path):
+    path = write(tmp_path, "c", "constrain mode :: OFF, FIXED\nmode = FIXD\n")
+    assert_config_error(path, 2, "FIXD", "FIXED")
+
+
+def test_unknown_name_in_multiline_value(tmp_path: Path):
+    path = write(tmp_path, "c", "a = 1\nlst = [\n  a,\n  b,\n]\n")
+    assert_config_error(path, 4, "'b'")
+
+
+def test_syntax_error(tmp_path: Path):
+    assert_config_error(write(tmp_path, "c", "a = 1\nb = (1 2)\n"), 2, "syntax error")
+
+
+def test_syntax_error_in_multiline_value(tmp_path: Path):
+    path = write(tmp_path, "c", "a = 1\nb = [\n  1,\n  2 3,\n]\n")
+    assert_config_error(path, 4, "syntax error")
+
+
+def test_unclosed_bracket(tmp_path: Path):
+    assert_config_error(write(tmp_path, "c", "a = 1\nb = [1,\n2\n"), 2, "unclosed")
+
+
+def test_missing_value(tmp_path: Path):
+    assert_config_error(write(tmp_path, "c", "a = 1\nb =\n"), 2, "missing value")
+
+
+def test_missing_use_target(tmp_path: Path):
+    path = write(tmp_path, "c", "# first\nuse nonexistent_base\na = 1\n")
+    assert_config_error(path, 2, "nonexistent_base")
+
+
+def test_missing_use_target_reported_in_used_file(tmp_path: Path):
+    mid = write(tmp_path, "mid", "a = 1\nuse gone\n")
+    leaf = write(tmp_path, "leaf", "use mid\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(leaf)
+    assert str(info.value).startswith(f"{mid}:2: ")
+
+
+def test_use_cycle(tmp_path: Path):
+    a = write(tmp_path, "a", "use b\n")
+    b = write(tmp_path, "b", "x = 1\nuse a\n")
+    # Loading b enters a (b:2), whose `use b` (a:1) closes the cycle.
+    with pytest.raises(ConfigError, match="cycle") as info:
+        load_config(b)
+    assert str(info.value).startswith(f"{a}:1: ")
+
+
+def test_unset_env_var(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("IMGCOMP_TEST_UNSET", raising=False)
+    path = write(tmp_path, "c", "a = 1\nroot = '$IMGCOMP_TEST_UNSET$/x'\n")
+    assert_config_error(path, 2, "IMGCOMP_TEST_UNSET")
+
+
+def test_function_call_is_rejected_not_executed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    def forbidden(*args: object) -> None:
+        raise AssertionError("config code was executed")
+
+    monkeypatch.setattr("os.system", forbidden)
+    path = write(tmp_path, "c", "a = 1\nb = __import__('os')\n")
+    assert_config_error(path, 2, "Call")
+    path = write(tmp_path, "d", "a = 1\n\nb = (1, __import__('os').system('true'))\n")
+    assert_config_error(path, 3, "Call")
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("a.real", "Attribute"),
+        ("().__class__", "Attribute"),
+        ("[1, 2][0]", "Subscript"),
+        ("lambda: 1", "Lambda"),
+        ("[x for x in (1, 2)]", "ListComp"),
+        ("{1, 2}", "Set"),
+        ("1 if a else 2", "IfExp"),
+        ("a < 2", "Compare"),
+        ("a and a", "BoolOp"),
+        ("not a", "UnaryOp"),
+        ("{**{}}", "unpacking"),
+        ("[*()]", "Starred"),
+        ("f'{a}'", "JoinedStr"),
+        ("b'x'", "literal"),
+        ("...", "literal"),
+    ],
+)
+def test_disallowed_expressions(tmp_path: Path, value: str, fragment: str):
+    assert_config_error(write(tmp_path, "c", f"a = 1\nb = {value}\n"), 2, fragment)
+
+
+def test_unknown_directive(tmp_path: Path):
+    path = write(tmp_path, "c", "a = 1\nimport os\n")
+    assert_config_error(path, 2, "unknown directive", "import os")
+
+
+def test_bare_word_line_is_an_error(tmp_path: Path):
+    assert_config_error(write(tmp_path, "c", "a = 1\n\nfoo\n"), 3, "unknown directive")
+
+
+def test_reserved_word_assignment(tmp_path: Path):
+    assert_config_error(write(tmp_path, "c", "a = 1\nNone = 2\n"), 2, "reserved")
+
+
+def test_arithmetic_error(tmp_path: Path):
+    assert_config_error(write(tmp_path, "c", "a = 0\nb = 1 / a\n"), 2, "cannot evaluate")
+    assert_config_error(write(tmp_path, "d", "a = 'x'\nb = a - 1\n"), 2, "cannot evaluate")
+
+
+def test_missing_file(tmp_path: Path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope")
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+def test_to_text_round_trip_of_awkward_values(tmp_path: Path):
+    cfg = Config(
+        {
+            "one": (1,),
+            "empty": (),
+            "nested": {"k": [(-1, 2.5), None], 3: "v"},
+            "dollar": "$HOME$/x$",
+            "quote": 'it\'s "q" # not a comment',
+            "inf": float("inf"),
+            "ninf": -float("inf"),
+            "flag": False,
+        }
+    )
+    back = load_config(write(tmp_path, "flat", config_to_text(cfg)))
+    assert back == cfg
+    assert type(back.one) is tuple
+    assert type(back.empty) is tuple
+    assert back.dollar == "$HOME$/x$"

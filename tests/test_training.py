@@ -1,0 +1,236 @@
+"""Loss, optimization and train.py end to end (tiny configs, few steps, small images)."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from imgcomp import checkpoint as ckpt
+from imgcomp import training
+from imgcomp.config import load_config
+from imgcomp.records import write_image_records
+
+ROOT = Path(__file__).resolve().parents[1]
+AE_TINY = str(ROOT / "tests/configs/ae_tiny")
+PC_TINY = str(ROOT / "tests/configs/pc_tiny")
+TF_WRITTEN = ROOT / "tests/data/tf_written"
+
+
+def _write_images(folder: Path, count: int = 6, size=(40, 48)) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size[0], 0:size[1]]
+    for i in range(count):
+        base = np.stack([xx * 4 + i * 10, yy * 5, (xx + yy) * 3], -1)
+        img = np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(folder / f"img{i}.png")
+    return folder
+
+
+def _train(tmp_path: Path, *extra: str, dataset: str | None = None) -> tuple[int, Path]:
+    data = dataset or str(_write_images(tmp_path / "imgs") / "*.png")
+    logs = tmp_path / "logs"
+    code = training.main([AE_TINY, PC_TINY, "--dataset_train", data, "--dataset_test", data,
+                          "--log_dir_root", str(logs), "--num_workers", "0", *extra])
+    return code, logs
+
+
+def _only_log_dir(logs: Path) -> Path:
+    dirs = [p for p in logs.iterdir() if p.is_dir()]
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+def test_loss_decreases_on_a_fixed_batch():
+    torch.manual_seed(0)
+    ae_cfg, pc_cfg = load_config(AE_TINY), load_config(PC_TINY)
+    trainer = training.Trainer(ae_cfg, pc_cfg, torch.device("cpu"), num_train_images=100)
+    x = torch.rand(4, 3, 32, 32) * 255
+    first = trainer.train_step(x)
+    for _ in range(25):
+        last = trainer.train_step(x)
+    assert trainer.step == 26
+    assert float(last.ae_loss.detach()) < 0.8 * float(first.ae_loss.detach())
+    assert float(last.pc_loss.detach()) < float(first.pc_loss.detach())  # the probclass learns too
+    assert float(last.ms_ssim) > float(first.ms_ssim)
+
+
+def test_train_switches_freeze_parts():
+    torch.manual_seed(0)
+    ae_cfg = load_config(AE_TINY)
+    frozen = ae_cfg.to_dict() | {"train_autoencoder": False}
+    trainer = training.Trainer(type(ae_cfg)(frozen), load_config(PC_TINY), torch.device("cpu"),
+                               num_train_images=100)
+    ae_before = [p.detach().clone() for p in trainer.model.autoencoder.parameters()]
+    pc_before = [p.detach().clone() for p in trainer.model.probclass.parameters()]
+    trainer.train_step(torch.rand(4, 3, 32, 32) * 255)
+    ae_after = list(trainer.model.autoencoder.parameters())
+    pc_after = list(trainer.model.probclass.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(ae_before, ae_after, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(pc_before, pc_after, strict=True))
+
+
+def test_staircase_lr_schedule():
+    cfg = load_config(ROOT / "ae_configs/cvpr/base")  # decay 0.1 every 2 epochs, staircase
+    steps_per_epoch = 10.0
+    assert training.lr_factor(cfg, 0, steps_per_epoch) == 1.0
+    assert training.lr_factor(cfg, 19, steps_per_epoch) == 1.0
+    assert training.lr_factor(cfg, 20, steps_per_epoch) == pytest.approx(0.1)
+    assert training.lr_factor(cfg, 45, steps_per_epoch) == pytest.approx(0.01)
+
+
+def test_train_from_glob_writes_log_dir_checkpoint_and_events(tmp_path, capsys):
+    code, logs = _train(tmp_path, "--max_steps", "3", "--log_interval_train", "1",
+                        "--log_interval_test", "2", "--log_interval_save", "2")
+    assert code == 0
+    log_dir = _only_log_dir(logs)
+    assert re.fullmatch(r"\d{4}_\d{4} ae_tiny pc_tiny", log_dir.name)
+    ckpt_dir = log_dir / "ckpts"
+    assert [s for s, _ in ckpt.list_checkpoints(ckpt_dir)] == [2, 3]
+    assert load_config(ckpt_dir / "ae_config") == load_config(AE_TINY)
+    assert load_config(ckpt_dir / "pc_config") == load_config(PC_TINY)
+    assert list(log_dir.glob("events.out.tfevents.*"))
+    assert not list(ckpt_dir.glob(".*tmp"))  # no temp files left from atomic saves
+    state = ckpt.load_checkpoint(ckpt.checkpoint_path(ckpt_dir))
+    assert state["step"] == 3 and "ae_optimizer" in state and "pc_schedule" in state
+    out = capsys.readouterr().out
+    assert re.search(r"\s3: loss=[\d.]+\s+ms_ssim=[\d.]+.*bpp=[\d.]+\s+H_real=[\d.]+.*img/s", out)
+    assert "[test] ms_ssim=" in out
+
+
+def test_tensorboard_tags(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    code, logs = _train(tmp_path, "--max_steps", "2", "--log_interval_train", "1",
+                        "--log_interval_test", "1")
+    assert code == 0
+    events = EventAccumulator(str(_only_log_dir(logs)), size_guidance={"images": 0}).Reload()
+    tags = events.Tags()
+    for tag in ("train/bpp", "train/ms_ssim", "train/H_real", "test/bpp", "test/ms_ssim"):
+        assert tag in tags["scalars"]
+    assert {"input", "output", "heatmap"} <= set(tags["images"])
+    assert "train/centers" in tags["histograms"]
+
+
+def test_restore_continues_at_saved_step(tmp_path, capsys):
+    code, logs = _train(tmp_path, "--max_steps", "2")
+    assert code == 0
+    log_dir = _only_log_dir(logs)
+    first = ckpt.load_checkpoint(ckpt.checkpoint_path(log_dir / "ckpts"))
+    capsys.readouterr()
+    code, _ = _train(tmp_path, "--max_steps", "4", "--restore", str(log_dir / "ckpts"),
+                     "--restore_continue")
+    assert code == 0
+    assert "(step 2)" in capsys.readouterr().out
+    assert _only_log_dir(logs) == log_dir  # kept writing into the restored log dir
+    assert [s for s, _ in ckpt.list_checkpoints(log_dir)] == [2, 4]
+    resumed = ckpt.load_checkpoint(ckpt.checkpoint_path(log_dir))
+    assert resumed["step"] == 4
+    assert resumed["ae_schedule"]["last_epoch"] == 4
+    key = "autoencoder.encoder.out.weight"
+    assert not torch.equal(first["model"][key], resumed["model"][key])
+
+    # Already at --max_steps: nothing to do, nothing written.
+    code, _ = _train(tmp_path, "--max_steps", "4", "--restore", str(log_dir),
+                     "--restore_continue")
+    assert code == 0 and "nothing to do" in capsys.readouterr().out
+
+
+def test_restore_into_new_log_dir_and_skip_vars(tmp_path):
+    code, logs = _train(tmp_path, "--max_steps", "1")
+    first = _only_log_dir(logs)
+    time.sleep(0.01)
+    code, _ = _train(tmp_path, "--max_steps", "2", "--restore", str(first),
+                     "--restore_skip_vars", "probclass")
+    assert code == 0
+    dirs = sorted(p for p in logs.iterdir())
+    assert len(dirs) == 2  # a new, unique log dir (same minute: job id gets a suffix)
+    assert len({ckpt.job_id_of(d) for d in dirs}) == 2
+    second = next(d for d in dirs if d != first)
+    assert ckpt.load_checkpoint(ckpt.checkpoint_path(second))["step"] == 2
+
+
+def test_train_from_records_written_by_our_writer(tmp_path, monkeypatch):
+    imgs = sorted(_write_images(tmp_path / "src").glob("*.png"))
+    write_image_records(imgs, tmp_path / "records/train", num_per_shard=4)
+    write_image_records(imgs, tmp_path / "records/val")
+    monkeypatch.setenv("RECORDS_ROOT", str(tmp_path / "records"))
+    logs = tmp_path / "logs"
+    code = training.main([AE_TINY, PC_TINY, "--dataset_train", "imgnet_train",
+                          "--dataset_test", "imgnet_test", "--log_dir_root", str(logs),
+                          "--max_steps", "2", "--num_workers", "0"])
+    assert code == 0
+    assert ckpt.load_checkpoint(ckpt.checkpoint_path(_only_log_dir(logs)))["step"] == 2
+
+
+def test_train_from_records_written_by_tensorflow(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECORDS_ROOT", str(TF_WRITTEN))
+    logs = tmp_path / "logs"
+    code = training.main([AE_TINY, PC_TINY, "--dataset_train", "imgnet_train",
+                          "--dataset_test", "imgnet_test", "--log_dir_root", str(logs),
+                          "--max_steps", "1", "--num_workers", "0"])
+    assert code == 0
+    assert ckpt.list_checkpoints(_only_log_dir(logs))[-1][0] == 1
+
+
+def test_corrupt_image_is_skipped_with_warning(tmp_path):
+    folder = _write_images(tmp_path / "imgs")
+    (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.warns(UserWarning, match="broken.png"):
+        code, logs = _train(tmp_path, "--max_steps", "2", dataset=str(folder))
+    assert code == 0
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    code, logs = _train(tmp_path, "--max_steps", "2")
+    log_dir = _only_log_dir(logs)
+    real_loss = training.compute_loss
+
+    def nan_loss(*args, **kwargs):
+        terms = real_loss(*args, **kwargs)
+        return terms._replace(ae_loss=terms.ae_loss * float("nan"))
+
+    monkeypatch.setattr(training, "compute_loss", nan_loss)
+    code, _ = _train(tmp_path, "--max_steps", "5", "--restore", str(log_dir),
+                     "--restore_continue")
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "NaN" in err and "ckpt-2.pt" in err
+    assert [s for s, _ in ckpt.list_checkpoints(log_dir)] == [2]
+
+
+def test_bad_inputs_give_one_clear_error(tmp_path, capsys):
+    code, _ = _train(tmp_path, dataset=str(tmp_path / "nothing/*.png"))
+    assert code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "nothing" in err and len(err.splitlines()) == 1
+    code, _ = _train(tmp_path, "--restore", str(tmp_path / "no_such_dir"))
+    assert code == 1 and "no_such_dir" in capsys.readouterr().err
+
+
+def test_sigterm_checkpoints_the_last_step(tmp_path):
+    data = str(_write_images(tmp_path / "imgs") / "*.png")
+    logs = tmp_path / "logs"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), AE_TINY, PC_TINY, "--dataset_train", data,
+         "--dataset_test", data, "--log_dir_root", str(logs), "--num_workers", "0",
+         "--log_interval_train", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in proc.stdout:  # wait until training runs
+        if re.match(r"\s+3: loss=", line):
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out
+    assert "SIGTERM" in out
+    saved = ckpt.list_checkpoints(_only_log_dir(logs))
+    assert len(saved) == 1 and saved[0][0] >= 3
