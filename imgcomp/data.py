@@ -423,6 +423,10 @@ def make_loader(
         )
         epoch_target: _EpochSampler | _RecordDataset = dataset
         sampler = None
+        if train:
+            # Each worker batches its own part of the records (drop_last): a worker with
+            # fewer records than a batch would yield nothing.
+            num_workers = min(num_workers, num_images // world_size // batch_size)
     else:
         paths = resolve_image_paths(spec)
         num_images = len(paths)

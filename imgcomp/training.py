@@ -374,11 +374,10 @@ def train(args: argparse.Namespace) -> int:
                 _log_train(writer, trainer, terms, x, img_per_s)
                 interval_start, interval_images = time.time(), 0
             if step % args.log_interval_test == 0:
-                _log_test(
-                    writer,
-                    step,
-                    trainer.evaluate(_test_batches(test_loader, args.num_test_batches)),
-                )
+                eval_start = time.time()
+                metrics = trainer.evaluate(_test_batches(test_loader, args.num_test_batches))
+                _log_test(writer, step, metrics)
+                interval_start += time.time() - eval_start  # img/s counts training only
             hours = (time.time() - last_save_time) / 3600
             if step % args.log_interval_save == 0 or (
                 args.ckpt_interval and hours >= args.ckpt_interval

@@ -139,6 +139,13 @@ def test_multiworker_loaders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         for batch in batches:
             check_batch(batch, 2, 16, 16)
 
+    # 4 records, batches of 3: two workers would hold 2 records each and yield nothing.
+    loader, _ = make_loader("imgnet_train", (16, 16), 3, train=True, num_workers=2)
+    for _epoch in range(2):
+        batches = list(loader)
+        assert len(batches) == 1
+        check_batch(batches[0], 3, 16, 16)
+
 
 # TFRecord writer
 

@@ -1,0 +1,62 @@
+"""Checkpoint files: atomic writes, listing, loading errors, log dir names."""
+
+import time
+
+import pytest
+import torch
+
+from imgcomp import checkpoint as ckpt
+
+
+def test_save_list_load_and_keep(tmp_path):
+    for step in (1, 2, 3, 4):
+        ckpt.save_checkpoint(tmp_path, step, {"w": torch.full((2,), float(step))}, keep=3)
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [2, 3, 4]
+    state = ckpt.load_checkpoint(ckpt.checkpoint_path(tmp_path, 3))
+    assert state["step"] == 3 and torch.equal(state["w"], torch.full((2,), 3.0))
+    assert ckpt.checkpoint_path(tmp_path).name == "ckpt-4.pt"
+    with pytest.raises(ckpt.CheckpointError, match="no checkpoint of step 7.*2, 3, 4"):
+        ckpt.checkpoint_path(tmp_path, 7)
+
+
+def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    ckpt.save_checkpoint(tmp_path, 5, {"w": torch.ones(3)})
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # as if killed while writing
+
+    monkeypatch.setattr(ckpt.os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_checkpoint(tmp_path, 5, {"w": torch.zeros(3)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-5.pt"]  # no temp file left
+    assert torch.equal(ckpt.load_checkpoint(tmp_path / "ckpt-5.pt")["w"], torch.ones(3))
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    (tmp_path / "ckpt-1.pt").write_bytes(b"garbage")
+    with pytest.raises(ckpt.CheckpointError, match="cannot read checkpoint .*ckpt-1.pt"):
+        ckpt.load_checkpoint(tmp_path / "ckpt-1.pt")
+
+
+class Arbitrary:
+    """Unpickling this would run code of a class outside the allow-list."""
+
+
+def test_weights_only_refuses_arbitrary_objects(tmp_path):
+    torch.save({"obj": Arbitrary()}, tmp_path / "ckpt-1.pt")
+    with pytest.raises(ckpt.CheckpointError):
+        ckpt.load_checkpoint(tmp_path / "ckpt-1.pt")
+
+
+def test_log_dir_names_are_unique_per_minute(tmp_path):
+    now = time.strptime("2026-05-15 11:03", "%Y-%m-%d %H:%M")
+    first = ckpt.make_log_dir(tmp_path, "ae_configs/cvpr/low", "pc_configs/cvpr/res_shallow",
+                              now)
+    second = ckpt.make_log_dir(tmp_path, "ae_configs/cvpr/low", "pc_configs/cvpr/res_shallow",
+                               now)
+    assert first.name == "0515_1103 cvpr@low cvpr@res_shallow"
+    assert second.name == "0515_1103_1 cvpr@low cvpr@res_shallow"
+    assert (first / "ckpts").is_dir()
+    assert ckpt.find_log_dir(tmp_path, "0515_1103") == first
+    with pytest.raises(ckpt.CheckpointError, match="no job '0101_0000'"):
+        ckpt.find_log_dir(tmp_path, "0101_0000")
