@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from imgcomp.metrics import ms_ssim, psnr
+from imgcomp.metrics import ms_ssim, mse, psnr
 from imgcomp.model import CodecOutput, ImageCodec
 
 
@@ -47,7 +47,7 @@ def compute_loss(model: ImageCodec, out: CodecOutput, x: Tensor, ae_cfg, pc_cfg)
     elif kind == "psnr":
         distortion = ae_cfg.K_psnr - psnr_value
     else:
-        distortion = torch.mean((out.x_hat - x) ** 2)
+        distortion = mse(out.x_hat, x)
 
     # The rate term reaches the autoencoder only through the importance mask (the probclass
     # input is stop-gradient), so the bit costs are detached here: the probclass itself is
