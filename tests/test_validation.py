@@ -1,0 +1,149 @@
+"""val.py on a checkpoint trained for a few steps: CSV, reconstructions, sizes, bpp, errors."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from imgcomp import training, validation
+from imgcomp.checkpoint import list_checkpoints
+from imgcomp.metrics import ms_ssim_uint8
+
+ROOT = Path(__file__).resolve().parents[1]
+AE_TINY = str(ROOT / "tests/configs/ae_tiny")
+PC_TINY = str(ROOT / "tests/configs/pc_tiny")
+
+
+def _photo_like(h: int, w: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([128 + 80 * np.sin(xx / 9 + seed), 100 + yy * 0.5, (xx + yy) % 200], -1)
+    return np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    """A tiny job trained for 3 steps, with checkpoints at steps 1, 2 and 3."""
+    root = tmp_path_factory.mktemp("val")
+    train_dir = root / "train"
+    train_dir.mkdir()
+    for i in range(4):
+        Image.fromarray(_photo_like(48, 56, i)).save(train_dir / f"t{i}.png")
+    logs = root / "logs"
+    assert training.main([AE_TINY, PC_TINY, "--dataset_train", str(train_dir),
+                          "--dataset_test", str(train_dir), "--log_dir_root", str(logs),
+                          "--max_steps", "3", "--log_interval_save", "1",
+                          "--num_workers", "0"]) == 0
+    (log_dir,) = logs.iterdir()
+    return logs, log_dir.name.split(" ")[0], log_dir
+
+
+@pytest.fixture
+def images(tmp_path):
+    """Odd sizes and non-RGB modes."""
+    folder = tmp_path / "testset"
+    folder.mkdir()
+    Image.fromarray(_photo_like(176, 192, 1)).save(folder / "big.png")
+    Image.fromarray(_photo_like(43, 57, 2)).save(folder / "odd.png")
+    Image.fromarray(_photo_like(32, 40, 3)[..., 0]).save(folder / "gray.png")
+    rgba = np.dstack([_photo_like(24, 24, 4), np.full((24, 24), 200, np.uint8)])
+    Image.fromarray(rgba).save(folder / "rgba.png")
+    return folder
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_val_writes_measures_and_reconstructions(job, images, capsys):
+    logs, job_id, log_dir = job
+    assert validation.main([str(logs), job_id, str(images / "*.png"), "--save_ours",
+                            "--device", "cpu"]) == 0
+    out_dir = logs / f"{job_id} testset"
+    with open(out_dir / "measures.csv") as f:
+        assert f.readline().strip() == "img_name,bpp,ms-ssim,psnr"
+    rows = {r["img_name"]: r for r in _rows(out_dir / "measures.csv")}
+    assert sorted(rows) == ["big.png", "gray.png", "odd.png", "rgba.png"]
+    out = capsys.readouterr().out
+    assert "note: gray.png is L" in out and "note: rgba.png is RGBA" in out
+    assert "mean bpp=" in out
+
+    model = validation.load_codec(log_dir / "ckpts", 3, torch.device("cpu"))
+    for name, row in rows.items():
+        original = np.array(Image.open(images / name).convert("RGB"))
+        saved = np.asarray(Image.open(out_dir / "imgs" / name))
+        assert saved.shape == original.shape and saved.dtype == np.uint8
+        # bpp: the symbols' cross-entropy over the *original* pixel count, not the padded one.
+        x = torch.from_numpy(original).permute(2, 0, 1)[None].float()
+        with torch.no_grad():
+            bits = float(model(validation.pad_to_multiple(x)).bitcost.double().sum())
+        h, w = original.shape[:2]
+        assert float(row["bpp"]) == pytest.approx(bits / (h * w), rel=1e-5)
+        # PSNR of the saved PNG, computed independently.
+        mse = np.mean((saved.astype(np.float64) - original) ** 2)
+        assert float(row["psnr"]) == pytest.approx(10 * np.log10(255**2 / mse), abs=1e-3)
+
+        # MS-SSIM of the saved PNG with the project's one definition (checked against the
+        # golden values in test_metrics): the CSV measures exactly what was saved.
+        assert float(row["ms-ssim"]) == pytest.approx(ms_ssim_uint8(original, saved), abs=2e-6)
+
+
+def test_checkpoint_selection_and_memory(job, images, capsys):
+    logs, job_id, _ = job
+    args = [str(logs), job_id, str(images), "--how_many", "1", "--device", "cpu"]
+    assert validation.main([*args, "--ckpt_step", "2", "--reset"]) == 0
+    out_dir = logs / f"{job_id} testset"
+    assert sorted(p.name for p in out_dir.glob("measures_*.csv")) == [
+        "measures_1.csv", "measures_3.csv"]
+    assert sorted(json.loads((out_dir / "validated.json").read_text())) == ["1", "3"]
+    assert len(_rows(out_dir / "measures.csv")) == 1
+    capsys.readouterr()
+    assert validation.main([*args, "--ckpt_step", "2"]) == 0
+    assert capsys.readouterr().out.count("already validated") == 2
+    assert validation.main([*args, "--restore_itr", "2"]) == 0
+    assert (out_dir / "measures_2.csv").is_file()
+
+
+def test_select_steps():
+    assert validation.select_steps([1, 2, 3, 4, 5], -1, None) == [5]
+    assert validation.select_steps([1, 2, 3, 4, 5], 2, None) == [1, 3, 5]
+    assert validation.select_steps([1, 2, 3, 4], 2, None) == [1, 3, 4]
+    assert validation.select_steps([1, 2, 3], -1, 2) == [2]
+    assert validation.select_steps([1, 2, 3], -1, -1) == [3]
+
+
+def test_kodak_name_uses_val_root(job, tmp_path, monkeypatch):
+    logs, job_id, _ = job
+    (tmp_path / "kodak").mkdir()
+    Image.fromarray(_photo_like(24, 32, 5)).save(tmp_path / "kodak/k1.png")
+    monkeypatch.setenv("VAL_ROOT", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert validation.main([str(logs), job_id, "kodak", "--device", "cpu"]) == 0
+    assert len(_rows(logs / f"{job_id} kodak" / "measures.csv")) == 1
+
+
+@pytest.mark.parametrize("case", ["no_files", "unknown_job", "unreadable", "real_bpp"])
+def test_bad_input_gives_one_error_line(job, images, case, capsys):
+    logs, job_id, _ = job
+    spec, job_ids, extra = str(images / "*.png"), job_id, []
+    if case == "no_files":
+        spec = str(images / "*.nothing")
+    elif case == "unknown_job":
+        job_ids = "0101_0000"
+    elif case == "unreadable":
+        (images / "zz_broken.png").write_bytes(b"not a png")
+    else:
+        extra = ["--real_bpp"]
+    code = validation.main([str(logs), job_ids, spec, "--device", "cpu", *extra])
+    err = capsys.readouterr().err.strip()
+    assert code != 0
+    assert len(err.splitlines()) == 1 and err.startswith("error:")
+    expected = {"no_files": "*.nothing", "unknown_job": "0101_0000",
+                "unreadable": "zz_broken.png", "real_bpp": "not available yet"}[case]
+    assert expected in err
+    assert list_checkpoints(logs / f"{job[2].name}")  # nothing of the job was touched
