@@ -7,6 +7,7 @@ Decoder:  quantized bottleneck (N,C,H/8,W/8) -> x_hat (N,3,H,W) in [0,255]
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 # Per-channel statistics of ImageNet used by the original's FIXED normalization.
@@ -14,6 +15,15 @@ _FIXED_MEAN = (121.85369873, 113.58860779, 100.63715363)
 _FIXED_VAR = (4746.37695312, 4454.13964844, 4812.234375)
 
 SUBSAMPLING = 8
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int = SUBSAMPLING) -> torch.Tensor:
+    """Pad N x C x H x W on the bottom/right by edge replication to a multiple of `multiple`."""
+    h, w = x.shape[-2:]
+    pad_h, pad_w = -h % multiple, -w % multiple
+    if pad_h == 0 and pad_w == 0:
+        return x
+    return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
 
 
 def _bn(channels: int, momentum: float, eps: float) -> nn.BatchNorm2d:

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from imgcomp import training, validation
-from imgcomp.checkpoint import list_checkpoints
+from imgcomp.autoencoder import pad_to_multiple
+from imgcomp.checkpoint import list_checkpoints, load_codec
 from imgcomp.metrics import ms_ssim_uint8
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +74,7 @@ def test_val_writes_measures_and_reconstructions(job, images, capsys):
     assert "note: gray.png is L" in out and "note: rgba.png is RGBA" in out
     assert "mean bpp=" in out
 
-    model = validation.load_codec(log_dir / "ckpts", 3, torch.device("cpu"))
+    model = load_codec(log_dir / "ckpts", 3, torch.device("cpu"))
     for name, row in rows.items():
         original = np.array(Image.open(images / name).convert("RGB"))
         saved = np.asarray(Image.open(out_dir / "imgs" / name))
@@ -81,7 +82,7 @@ def test_val_writes_measures_and_reconstructions(job, images, capsys):
         # bpp: the symbols' cross-entropy over the *original* pixel count, not the padded one.
         x = torch.from_numpy(original).permute(2, 0, 1)[None].float()
         with torch.no_grad():
-            bits = float(model(validation.pad_to_multiple(x)).bitcost.double().sum())
+            bits = float(model(pad_to_multiple(x)).bitcost.double().sum())
         h, w = original.shape[:2]
         assert float(row["bpp"]) == pytest.approx(bits / (h * w), rel=1e-5)
         # PSNR of the saved PNG, computed independently.

@@ -1,0 +1,218 @@
+"""plotter.py: curves from fake measures.csv files, the plot, BD-rates and the CLI's errors."""
+
+import csv
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgcomp import plotting
+from imgcomp.evaluation import Measure, write_measures_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+JOBS = ("0101_0001", "0101_0002", "0101_0003")
+JOB_BPP = (0.2, 0.45, 0.9)
+CODEC_BPP = (0.1, 0.2, 0.35, 0.5, 0.7, 0.9, 1.2)
+# Per image: rate scale and quality offset, so images differ but the means stay simple.
+IMAGES = (("a.png", 0.8, -0.004), ("b.png", 0.9, 0.001), ("c.png", 1.1, 0.002),
+          ("d.png", 1.2, 0.001))
+# Bits needed relative to ours for the same quality: jpeg 2x (ours -50 %), avif 0.8x (+25 %).
+CODEC_RATE_FACTOR = {"jpeg": 2.0, "avif": 0.8}
+
+
+def _quality(b: float) -> tuple[float, float]:
+    """(MS-SSIM, PSNR) reached at nominal rate b: increasing, saturating."""
+    return 1 - 0.06 * math.exp(-3 * b), 25 + 8 * math.log2(1 + 4 * b)
+
+
+def _measures(b: float, rate_factor: float) -> list[Measure]:
+    ms_ssim, psnr = _quality(b)
+    return [Measure(name, b * scale * rate_factor, ms_ssim + off, psnr + 100 * off)
+            for name, scale, off in IMAGES]
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> tuple[Path, Path]:
+    """(LOG_DIR_ROOT with 3 jobs on 'kodak' and one training dir, OTHER_CODECS_ROOT)."""
+    logs, codecs = tmp_path / "logs", tmp_path / "other_codecs"
+    for job, b in zip(JOBS, JOB_BPP, strict=True):
+        write_measures_csv(logs / f"{job} kodak" / "measures.csv", _measures(b, 1.0))
+        (logs / f"{job} cvpr@low cvpr@res_shallow" / "ckpts").mkdir(parents=True)
+    for codec, factor in CODEC_RATE_FACTOR.items():
+        for i, b in enumerate(CODEC_BPP):
+            write_measures_csv(codecs / "kodak" / codec / f"q{i * 10}" / "measures.csv",
+                               _measures(b, factor))
+    return logs, codecs
+
+
+def _run(results: tuple[Path, Path], tmp_path: Path, *extra: str,
+         jobs: str = ",".join(JOBS)) -> tuple[int, Path]:
+    logs, codecs = results
+    out = tmp_path / "out" / "plot.png"
+    rc = plotting.main([str(logs), jobs, "kodak", "--other_codecs_root", str(codecs),
+                        "-o", str(out), *extra])
+    return rc, out
+
+
+def _bd_rows(plot: Path) -> dict[str, dict[str, str]]:
+    with open(plot.with_name(plot.stem + "_bdrate.csv"), newline="") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames or ()) == plotting.BD_CSV_HEADER
+        return {row["anchor"]: row for row in reader}
+
+
+def test_interp_curve_is_exact_mean_of_linear_curves():
+    # Two images with linear curves over different bpp ranges: common range 0.3..1.0.
+    img1 = ([0.2, 0.6, 1.0], [0.9 + 0.05 * b for b in (0.2, 0.6, 1.0)])
+    img2 = ([1.1, 0.3, 0.7], [0.8 + 0.1 * b for b in (1.1, 0.3, 0.7)])  # unsorted on purpose
+    x, y = plotting.interp_curve([img1, img2], num=8)
+    np.testing.assert_allclose(x, np.linspace(0.3, 1.0, 8))
+    np.testing.assert_allclose(y, 0.85 + 0.075 * x, atol=1e-12)
+
+
+def test_interp_curve_without_common_range_raises():
+    with pytest.raises(ValueError, match="no common part"):
+        plotting.interp_curve([([0.1, 0.2], [0.9, 0.95]), ([0.3, 0.4], [0.9, 0.95])])
+    with pytest.raises(ValueError, match="no image"):
+        plotting.interp_curve([])
+
+
+def test_interp_and_mean_styles_agree_on_our_curve(results):
+    logs, _ = results
+    jobs = [plotting.load_job_measures(logs, j, "kodak") for j in JOBS]
+    points = plotting.job_points(jobs, ["A", "B", "C"], "ms-ssim")
+    np.testing.assert_allclose(points.bpp, JOB_BPP, atol=1e-5)  # mean image scale is 1
+    np.testing.assert_allclose(points.metric, [_quality(b)[0] for b in JOB_BPP], atol=1e-5)
+    assert points.point_labels == ("A", "B", "C")
+    mean_line, style = plotting.our_line(jobs, points, "ms-ssim", "mean")
+    assert style == "mean" and mean_line is points
+    line, style = plotting.our_line(jobs, points, "ms-ssim", "interp")
+    assert style == "interp"
+    # Common range: the largest image's lowest bpp to the smallest image's highest bpp.
+    assert line.bpp[0] == pytest.approx(0.2 * 1.2, abs=1e-5)
+    assert line.bpp[-1] == pytest.approx(0.9 * 0.8, abs=1e-5)
+    assert np.all(np.diff(line.metric) > 0)
+    assert points.metric[0] < line.metric[0] and line.metric[-1] < points.metric[-1]
+
+
+def test_plot_and_bd_rates(results, tmp_path, capsys):
+    rc, out = _run(results, tmp_path, "--ids", "A", "B", "C")
+    assert rc == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(out) as img:
+        w, h = plotting.NORMAL_FIGSIZE
+        assert img.size == (w * plotting.NORMAL_DPI, h * plotting.NORMAL_DPI)
+    rows = _bd_rows(out)
+    assert list(rows) == ["avif", "jpeg", plotting.PAPER_LABEL]
+    assert all(r["metric"] == "ms-ssim" for r in rows.values())
+    assert -55 < float(rows["jpeg"]["bd_rate_percent"]) < -45  # jpeg needs twice our bits
+    assert 20 < float(rows["avif"]["bd_rate_percent"]) < 30  # avif needs 0.8x our bits
+    assert math.isfinite(float(rows[plotting.PAPER_LABEL]["bd_rate_percent"]))
+    printed = capsys.readouterr().out
+    assert "A (0101_0001): 4 images" in printed and "jpeg" in printed
+
+
+def test_interp_style_end_to_end_and_single_job_fallback(results, tmp_path, capsys):
+    rc, out = _run(results, tmp_path, "--style", "interp")
+    assert rc == 0 and out.stat().st_size > 0
+    rc, out = _run(results, tmp_path, "--style", "interp", jobs=JOBS[0])
+    assert rc == 0 and out.stat().st_size > 0
+    assert "--style interp needs >= 2 jobs" in capsys.readouterr().err
+    # One operating point: BD-rate is NaN with the reason, not a crash.
+    row = _bd_rows(out)["jpeg"]
+    assert math.isnan(float(row["bd_rate_percent"])) and "too few" in row["note"]
+
+
+def test_bd_rate_without_overlap_is_nan():
+    ours = plotting.make_curve("ours", [0.2, 0.5], [0.97, 0.99])
+    codec = plotting.make_curve("codec", [0.2, 0.5], [0.90, 0.93])
+    value, note, n_anchor, n_ours = plotting.bd_rate(codec, ours, "ms-ssim")
+    assert math.isnan(value) and "no overlap" in note and (n_anchor, n_ours) == (2, 2)
+
+
+def test_psnr_metric(results, tmp_path):
+    rc, out = _run(results, tmp_path, "--metric", "psnr", "--codecs", "jpeg")
+    assert rc == 0 and out.stat().st_size > 0
+    rows = _bd_rows(out)
+    assert list(rows) == ["jpeg"]  # no paper curve for PSNR; avif not asked for
+    assert rows["jpeg"]["metric"] == "psnr"
+    assert -55 < float(rows["jpeg"]["bd_rate_percent"]) < -45
+
+
+def test_paper_plot_pdf(results, tmp_path):
+    logs, codecs = results
+    out = tmp_path / "fig.pdf"
+    assert plotting.main([str(logs), ",".join(JOBS), "kodak", "--paper_plot", "-o", str(out),
+                          "--other_codecs_root", str(codecs), "--x_range", "0,1.2"]) == 0
+    assert out.read_bytes()[:5] == b"%PDF-"
+    assert (tmp_path / "fig_bdrate.csv").is_file()
+
+
+def test_missing_codecs_root_warns(results, tmp_path, capsys, monkeypatch):
+    logs, _ = results
+    monkeypatch.delenv("OTHER_CODECS_ROOT", raising=False)
+    out = tmp_path / "p.png"
+    assert plotting.main([str(logs), ",".join(JOBS), "kodak", "--other_codecs_root",
+                          str(tmp_path / "nowhere"), "-o", str(out)]) == 0
+    assert "no classical codec results" in capsys.readouterr().err
+    assert list(_bd_rows(out)) == [plotting.PAPER_LABEL]
+
+
+def test_latex_without_binary_warns_and_plots(results, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    rc, out = _run(results, tmp_path, "--latex")
+    assert rc == 0 and out.stat().st_size > 0
+    assert "--latex: no latex binary found" in capsys.readouterr().err
+
+
+def test_latex_failing_falls_back(results, tmp_path, capsys, monkeypatch):
+    # A latex that is "found" but cannot run: the plot is redrawn without LaTeX.
+    monkeypatch.setattr(shutil, "which", lambda name: "/nonexistent/latex")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty_path"))
+    rc, out = _run(results, tmp_path, "--latex")
+    assert rc == 0 and out.stat().st_size > 0
+    assert "rendering with LaTeX failed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (("--ids", "A", "B"), "--ids gives 2 label(s) for 3 job(s)"),
+    (("--x_range", "0;1"), "--x_range '0;1'"),
+    (("--y_range", "1,0.5"), "--y_range '1,0.5'"),
+])
+def test_argument_errors(results, tmp_path, capsys, extra, message):
+    rc, _ = _run(results, tmp_path, *extra)
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("error: ") and message in err
+
+
+def test_unknown_job_names_expected_path(results, tmp_path, capsys):
+    logs, _ = results
+    write_measures_csv(logs / "0101_0001 clic" / "measures.csv", _measures(0.3, 1.0))
+    rc, _ = _run(results, tmp_path, jobs="0101_0001,0202_0202")
+    err = capsys.readouterr().err
+    assert rc == 1 and str(logs / "0202_0202 kodak" / "measures.csv") in err
+    assert "no dataset" in err
+    assert plotting.main([str(logs), "0101_0001", "div2k"]) == 1
+    err = capsys.readouterr().err
+    assert "results of this job exist for: clic, kodak" in err
+
+
+def test_malformed_csv(results, tmp_path, capsys):
+    logs, _ = results
+    (logs / f"{JOBS[1]} kodak" / "measures.csv").write_text("img_name,bpp,ms-ssim,psnr\nx,1\n")
+    rc, _ = _run(results, tmp_path)
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("error: ") and "malformed" in err
+
+
+def test_script_reports_one_error_line(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "plotter.py"), str(tmp_path / "missing"),
+                           "0101_0001", "kodak"], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"error: LOG_DIR_ROOT {tmp_path / 'missing'} is not a directory"]
