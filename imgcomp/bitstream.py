@@ -30,6 +30,7 @@ MAGIC = b"IMGC"
 FORMAT_VERSION = 1
 _HEADER = struct.Struct("<4sB8sIIHHHI")
 _CRC = struct.Struct("<I")
+HEADER_BYTES = _HEADER.size + _CRC.size
 MAX_SIDE = 1 << 16  # refuse absurd sizes before allocating anything
 
 
@@ -64,7 +65,7 @@ def pack(header: Header, payload: bytes) -> bytes:
 
 def unpack(data: bytes) -> tuple[Header, bytes]:
     """Parse and check a file's header and CRC; BitstreamError on any problem."""
-    fixed = _HEADER.size + _CRC.size
+    fixed = HEADER_BYTES
     if len(data) < 5 or data[:4] != MAGIC:
         raise BitstreamError("not an imgcomp compressed file (bad magic bytes)")
     if data[4] > FORMAT_VERSION:

@@ -126,13 +126,15 @@ class _Plan:
                     w + 2 * spatial_reach * (n - i))
             for i in range(n + 1)
         ]
-        self.neighbours, self.order, sorted_times = [], [], []
+        # The neighbours of position p of layer i+1 in layer i are base[i][p] + tap_offsets[i]:
+        # its own aligned position in the layer below's flat indexing, plus one constant per tap.
+        self.base, self.tap_offsets, self.order, sorted_times = [], [], [], []
         for i, layer in enumerate(layers):
             out, below = self.extents[i + 1], self.extents[i]
             d, hh, ww = out.coords()
-            nbr = below.flat(d[:, None] + layer.offsets[:, 0], hh[:, None] + layer.offsets[:, 1],
-                             ww[:, None] + layer.offsets[:, 2])
-            self.neighbours.append(torch.from_numpy(nbr))
+            self.base.append(torch.from_numpy(below.flat(d, hh, ww)))
+            od, oh, ow = layer.offsets.T
+            self.tap_offsets.append(torch.from_numpy((od * below.height + oh) * below.width + ow))
             t = _wavefront_time(d, hh, ww)
             order = np.argsort(t, kind="stable")
             self.order.append(torch.from_numpy(order))
@@ -176,7 +178,8 @@ class IntegerContextModel:
         """Compute layer i's output at `positions` (flat indices) from the layer below."""
         layer = self.layers[i]
         below = caches[i]
-        gathered = below[plan.neighbours[i][positions]]  # (P, taps, Cin)
+        neighbours = plan.base[i][positions].unsqueeze(1) + plan.tap_offsets[i]
+        gathered = below[neighbours]  # (P, taps, Cin)
         acc = gathered.reshape(len(positions), -1) @ layer.weight + layer.bias
         out = torch.floor(acc * 2.0**-layer.frac_bits)
         if i == self.skip_to:
@@ -204,9 +207,10 @@ class IntegerContextModel:
         """Flat (c, h, w) indices of the symbols in the order they are coded."""
         return self.plan(shape).order[-1]
 
-    def logits(self, symbols: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
+    def logits(self, symbols: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
         """Integer logits (C*H*W, L) of a (C, H, W) symbol volume in coding order, in one
-        parallel pass (chunked to bound memory)."""
+        parallel pass, in chunks of positions small enough for the gathered rows to stay in
+        cache (1024: ~2.5x faster than 16384 on CPU)."""
         plan = self.plan(tuple(symbols.shape))
         caches = self._empty_caches(plan)
         caches[0][plan.symbol_slots, 0] = self.center_ints[symbols.reshape(-1).cpu()]

@@ -1,0 +1,207 @@
+"""Entropy coding: exactness of the integer context model, round trips, files, errors, fuzz."""
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from imgcomp import bitstream, cli, training
+from imgcomp.autoencoder import pad_to_multiple
+from imgcomp.bitstream import BitstreamError, ImageCompressor
+from imgcomp.checkpoint import load_codec
+from imgcomp.coding import ACT_FRAC_BITS, IntegerContextModel, decode_symbols, encode_symbols
+from imgcomp.probclass import ProbClassifier
+from imgcomp.validation import reconstruct
+
+ROOT = Path(__file__).resolve().parents[1]
+AE_TINY = str(ROOT / "tests/configs/ae_tiny")
+PC_TINY = str(ROOT / "tests/configs/pc_tiny")
+
+
+def _context_model(k=12, seed=0):
+    torch.manual_seed(seed)
+    pc = ProbClassifier(6, 3, k)
+    for p in pc.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    centers = torch.tensor([-1.9, -1.0, -0.2, 0.3, 1.1, 2.0])
+    return pc, centers, IntegerContextModel(pc, centers, float(centers[0]))
+
+
+def _photo(h, w, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([120 + 90 * np.sin(xx / 7 + seed), 60 + yy, (xx * 2 + yy) % 230], -1)
+    return np.clip(base + rng.normal(0, 10, base.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    root = tmp_path_factory.mktemp("coding")
+    (root / "train").mkdir()
+    for i in range(4):
+        Image.fromarray(_photo(40, 48, i)).save(root / "train" / f"{i}.png")
+    assert training.main([AE_TINY, PC_TINY, "--dataset_train", str(root / "train"),
+                          "--dataset_test", str(root / "train"), "--log_dir_root",
+                          str(root / "logs"), "--max_steps", "5", "--num_workers", "0"]) == 0
+    (log_dir,) = (root / "logs").iterdir()
+    return log_dir
+
+
+@pytest.fixture(scope="module")
+def compressor(job):
+    return ImageCompressor.from_log_dir(job)
+
+
+def test_integer_model_matches_float_model():
+    pc, centers, model = _context_model()
+    symbols = torch.randint(0, 6, (5, 7, 9), generator=torch.Generator().manual_seed(1))
+    logits = model.logits(symbols) / 2**ACT_FRAC_BITS
+    with torch.no_grad():
+        ref = pc(centers[symbols][None], float(centers[0]))[0].reshape(6, -1).T
+    ref = ref[model.coding_order((5, 7, 9))].double()
+    assert (logits - ref).abs().max() < 5e-3
+    assert not torch.equal(logits, torch.zeros_like(logits))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 3, 2), (3, 5, 4), (4, 9, 13)])
+def test_symbol_round_trip(shape):
+    _, _, model = _context_model()
+    symbols = torch.randint(0, 6, shape, generator=torch.Generator().manual_seed(sum(shape)))
+    words, bits = encode_symbols(model, symbols)
+    assert torch.equal(decode_symbols(model, words, shape), symbols)
+    # The range coder's output is within a word or two of the cross-entropy.
+    assert 32 * words.size <= bits + 64 + 0.01 * bits
+
+
+def test_decoder_sees_exactly_the_encoders_logits():
+    """Decoding recomputes the logits step by step with other shapes; they must be identical."""
+    _, _, model = _context_model()
+    symbols = torch.randint(0, 6, (4, 6, 8), generator=torch.Generator().manual_seed(2))
+    encoder_logits = model.logits(symbols)
+    order = model.coding_order((4, 6, 8))
+    seen = []
+
+    def step(logits):
+        seen.append(logits.clone())
+        n = sum(len(s) for s in seen)
+        return symbols.reshape(-1)[order[n - len(logits):n]]
+
+    model.decode((4, 6, 8), step)
+    assert torch.equal(torch.cat(seen), encoder_logits)
+    assert len(seen) > 10  # many wavefront steps, each with several symbols
+
+
+def test_exact_across_chunk_sizes_and_thread_counts():
+    _, _, model = _context_model()
+    symbols = torch.randint(0, 6, (3, 8, 10), generator=torch.Generator().manual_seed(3))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one_thread = model.logits(symbols, chunk=37)
+        words_1 = encode_symbols(model, symbols)[0]
+        torch.set_num_threads(2)
+        two_threads = model.logits(symbols, chunk=100000)
+        decoded = decode_symbols(model, words_1, (3, 8, 10))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one_thread, two_threads)
+    assert torch.equal(decoded, symbols)
+
+
+@pytest.mark.parametrize("size", [(40, 48), (37, 53), (8, 8), (61, 17)])
+def test_image_round_trip_equals_val_reconstruction(compressor, size):
+    image = _photo(*size, seed=size[0])
+    data = compressor.compress(image)
+    decoded = compressor.decompress(data)
+    assert decoded.shape == image.shape and decoded.dtype == np.uint8
+    expected, _ = reconstruct(compressor.model, image, torch.device("cpu"))
+    assert np.array_equal(decoded, expected)
+
+
+def test_grayscale_input(compressor, tmp_path):
+    gray = _photo(24, 32)[..., 0]
+    Image.fromarray(gray).save(tmp_path / "gray.png")
+    decoded = compressor.decompress(compressor.compress(tmp_path / "gray.png"))
+    assert decoded.shape == (24, 32, 3)
+    assert np.array_equal(decoded, compressor.decompress(compressor.compress(gray)))
+
+
+def test_real_bits_close_to_estimate(compressor):
+    image = _photo(128, 128, seed=7)
+    symbols = compressor.symbols(image)
+    data, theory_bits = compressor.encode_symbols(symbols, 128, 128)
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    with torch.no_grad():
+        float_bits = float(compressor.model(pad_to_multiple(x)).bitcost.double().sum())
+    payload_bits = 8 * (len(data) - bitstream.HEADER_BYTES)
+    assert theory_bits <= payload_bits <= 1.01 * theory_bits + 64  # coder flushes <= 2 words
+    assert theory_bits == pytest.approx(float_bits, rel=0.01)  # integer model costs ~nothing
+
+
+def test_header_errors(compressor, job, tmp_path):
+    data = compressor.compress(_photo(16, 24))
+    with pytest.raises(BitstreamError, match="bad magic"):
+        compressor.decompress(b"JUNK" + data[4:])
+    with pytest.raises(BitstreamError, match="newer than this imgcomp"):
+        compressor.decompress(data[:4] + bytes([bitstream.FORMAT_VERSION + 1]) + data[5:])
+    with pytest.raises(BitstreamError, match="truncated"):
+        compressor.decompress(data[:-3])
+    with pytest.raises(BitstreamError, match="truncated"):
+        compressor.decompress(data[:10])
+    corrupted = bytearray(data)
+    corrupted[-1] ^= 0x10
+    with pytest.raises(BitstreamError, match="corrupted"):
+        compressor.decompress(bytes(corrupted))
+    other = load_codec(job / "ckpts")
+    with torch.no_grad():
+        other.probclass.conv_out.bias.add_(0.5)
+    with pytest.raises(BitstreamError, match="another model"):
+        ImageCompressor(other).decompress(data)
+
+
+def test_fuzzed_files_fail_cleanly_and_fast(compressor):
+    data = compressor.compress(_photo(24, 32, seed=3))
+    rng = np.random.default_rng(0)
+    start = time.perf_counter()
+    outcomes = {"error": 0, "image": 0}
+    for trial in range(150):
+        mutated = bytearray(data)
+        if trial % 3 == 0:
+            mutated = mutated[: rng.integers(0, len(data))]
+        else:
+            for _ in range(rng.integers(1, 4)):
+                mutated[rng.integers(0, len(mutated))] ^= int(rng.integers(1, 256))
+        try:
+            image = compressor.decompress(bytes(mutated))
+        except BitstreamError:
+            outcomes["error"] += 1
+        else:
+            assert image.shape == (24, 32, 3) and image.dtype == np.uint8
+            outcomes["image"] += 1
+    assert outcomes["error"] > 100
+    assert time.perf_counter() - start < 60
+
+
+def test_cli_encode_decode(job, tmp_path, capsys):
+    Image.fromarray(_photo(33, 41)).save(tmp_path / "in.png")
+    assert cli.main(["encode", "--model", str(job), str(tmp_path / "in.png"), "-o",
+                     str(tmp_path / "in.imgc")]) == 0
+    assert cli.main(["decode", "--model", str(job), str(tmp_path / "in.imgc"), "-o",
+                     str(tmp_path / "out.png")]) == 0
+    assert Image.open(tmp_path / "out.png").size == (41, 33)
+    assert "bpp" in capsys.readouterr().out
+    (tmp_path / "bad.imgc").write_bytes(b"IMGC\x01garbage")
+    assert cli.main(["decode", "--model", str(job), str(tmp_path / "bad.imgc"), "-o",
+                     str(tmp_path / "x.png")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "truncated" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_module_api(job):
+    image = _photo(16, 16)
+    data = bitstream.compress(image, model=job)
+    assert bitstream.decompress(data, model=job).shape == (16, 16, 3)
