@@ -121,6 +121,20 @@ def test_image_round_trip_equals_val_reconstruction(compressor, size):
     assert np.array_equal(decoded, expected)
 
 
+def test_kodak_crops_round_trip(compressor):
+    """Real photographs (Kodak crops) where the shared data is available."""
+    import os
+
+    kodak = Path(os.environ.get("IMGCOMP_SHARED", ROOT.parent / "shared")) / "data/kodak"
+    if not (kodak / "kodim23.png").is_file():
+        pytest.skip("Kodak images not available (set IMGCOMP_SHARED)")
+    full = np.asarray(Image.open(kodak / "kodim23.png").convert("RGB"))
+    for h, w in ((96, 128), (75, 101)):
+        crop = full[200:200 + h, 300:300 + w]
+        decoded = compressor.decompress(compressor.compress(crop))
+        assert np.array_equal(decoded, reconstruct(compressor.model, crop, torch.device("cpu"))[0])
+
+
 def test_grayscale_input(compressor, tmp_path):
     gray = _photo(24, 32)[..., 0]
     Image.fromarray(gray).save(tmp_path / "gray.png")

@@ -110,6 +110,30 @@ def test_checkpoint_selection_and_memory(job, images, capsys):
     assert (out_dir / "measures_2.csv").is_file()
 
 
+def test_real_bpp_writes_files_and_csv(job, images, capsys):
+    logs, job_id, _ = job
+    assert validation.main([str(logs), job_id, str(images), "--real_bpp", "--reset",
+                            "--device", "cpu"]) == 0
+    out_dir = logs / f"{job_id} testset"
+    rows = {r["img_name"]: r for r in _rows(out_dir / "real_bpp.csv")}
+    with open(out_dir / "real_bpp.csv") as f:
+        assert f.readline().strip() == "img_name,bpp_real,bpp_theory,bpp_loss,encode_s,decode_s"
+    measures = {r["img_name"]: r for r in _rows(out_dir / "measures.csv")}
+    assert sorted(rows) == sorted(measures)
+    for name, row in rows.items():
+        stream = out_dir / "bitstreams" / name.replace(".png", ".imgc")
+        h, w = np.asarray(Image.open(images / name)).shape[:2]
+        assert float(row["bpp_real"]) == pytest.approx(8 * stream.stat().st_size / (h * w),
+                                                       rel=1e-5)
+        assert float(row["bpp_loss"]) == pytest.approx(float(measures[name]["bpp"]), rel=1e-4)
+        # Integer coding model ~ float model; the file adds a 31-byte header and a flush word.
+        assert float(row["bpp_theory"]) == pytest.approx(float(row["bpp_loss"]), rel=0.01)
+        overhead = 8 * (31 + 8) / (h * w)
+        assert float(row["bpp_theory"]) <= float(row["bpp_real"])
+        assert float(row["bpp_real"]) <= 1.01 * float(row["bpp_theory"]) + overhead
+    assert "real/theoretical=" in capsys.readouterr().out
+
+
 def test_select_steps():
     assert validation.select_steps([1, 2, 3, 4, 5], -1, None) == [5]
     assert validation.select_steps([1, 2, 3, 4, 5], 2, None) == [1, 3, 5]
@@ -128,23 +152,21 @@ def test_kodak_name_uses_val_root(job, tmp_path, monkeypatch):
     assert len(_rows(logs / f"{job_id} kodak" / "measures.csv")) == 1
 
 
-@pytest.mark.parametrize("case", ["no_files", "unknown_job", "unreadable", "real_bpp"])
+@pytest.mark.parametrize("case", ["no_files", "unknown_job", "unreadable"])
 def test_bad_input_gives_one_error_line(job, images, case, capsys):
     logs, job_id, _ = job
-    spec, job_ids, extra = str(images / "*.png"), job_id, []
+    spec, job_ids = str(images / "*.png"), job_id
     if case == "no_files":
         spec = str(images / "*.nothing")
     elif case == "unknown_job":
         job_ids = "0101_0000"
-    elif case == "unreadable":
-        (images / "zz_broken.png").write_bytes(b"not a png")
     else:
-        extra = ["--real_bpp"]
-    code = validation.main([str(logs), job_ids, spec, "--device", "cpu", *extra])
+        (images / "zz_broken.png").write_bytes(b"not a png")
+    code = validation.main([str(logs), job_ids, spec, "--device", "cpu"])
     err = capsys.readouterr().err.strip()
     assert code != 0
     assert len(err.splitlines()) == 1 and err.startswith("error:")
     expected = {"no_files": "*.nothing", "unknown_job": "0101_0000",
-                "unreadable": "zz_broken.png", "real_bpp": "not available yet"}[case]
+                "unreadable": "zz_broken.png"}[case]
     assert expected in err
     assert list_checkpoints(logs / f"{job[2].name}")  # nothing of the job was touched
