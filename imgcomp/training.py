@@ -12,15 +12,18 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 
 from imgcomp import checkpoint as ckpt
 from imgcomp.config import Config, ConfigError, load_config
 from imgcomp.data import DatasetError, make_loader
+from imgcomp.distributed import World, all_ranks_agree, any_rank, close_world, init_world
 from imgcomp.losses import LossTerms, compute_loss
 from imgcomp.model import ImageCodec
 
@@ -130,13 +133,25 @@ def lr_factor(cfg: Config, step: int, steps_per_epoch: float) -> float:
 
 
 class Trainer:
-    """Holds model, optimizers and schedules; one `train_step` per batch."""
+    """Holds model, optimizers and schedules; one `train_step` per batch.
+
+    Under torchrun the model is wrapped in DistributedDataParallel (gradients averaged over
+    ranks). BatchNorm stays plain: each rank normalizes with its own batch's statistics and
+    the running statistics are broadcast from rank 0 at every forward (DDP's default), so
+    evaluation and checkpoints use rank 0's. `batch_size` is per process.
+    """
 
     def __init__(
-        self, ae_cfg: Config, pc_cfg: Config, device: torch.device, num_train_images: int
+        self, ae_cfg: Config, pc_cfg: Config, device: torch.device, num_train_images: int,
+        world: World | None = None,
     ) -> None:
-        self.ae_cfg, self.pc_cfg, self.device = ae_cfg, pc_cfg, device
+        world = world or World()
+        self.ae_cfg, self.pc_cfg, self.device, self.world = ae_cfg, pc_cfg, device, world
         self.model = ImageCodec.from_configs(ae_cfg, pc_cfg).to(device)
+        self.forward = self.model
+        if world.distributed:
+            self.forward = DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None)
         self.step = 0
         centers_lr = ae_cfg.lr_initial * (ae_cfg.lr_centers_factor or 1.0)
         self.ae_optimizer = _make_optimizer(
@@ -150,7 +165,7 @@ class Trainer:
         self.pc_optimizer = _make_optimizer(
             self.model.probclass.parameters(), pc_cfg, pc_cfg.lr_initial
         )
-        steps_per_epoch = max(num_train_images / ae_cfg.batch_size, 1e-9)
+        steps_per_epoch = max(num_train_images / (ae_cfg.batch_size * world.world_size), 1e-9)
         self.ae_schedule = torch.optim.lr_scheduler.LambdaLR(
             self.ae_optimizer, lambda s: lr_factor(ae_cfg, s, steps_per_epoch)
         )
@@ -162,9 +177,11 @@ class Trainer:
         """One optimization step; returns the loss terms, or None (and no update) when the
         loss is not finite."""
         self.model.train()
-        out = self.model(x)
+        out = self.forward(x)
         terms = compute_loss(self.model, out, x, self.ae_cfg, self.pc_cfg)
-        if not (torch.isfinite(terms.ae_loss) and torch.isfinite(terms.pc_loss)):
+        finite = bool(torch.isfinite(terms.ae_loss) and torch.isfinite(terms.pc_loss))
+        # Every rank must agree, or the others would wait forever in the gradient all-reduce.
+        if not all_ranks_agree(finite, self.world, self.device):
             return None
         self.ae_optimizer.zero_grad(set_to_none=True)
         self.pc_optimizer.zero_grad(set_to_none=True)
@@ -301,9 +318,8 @@ def _test_batches(loader, limit: int) -> Iterator[torch.Tensor]:
         yield batch
 
 
-def train(args: argparse.Namespace) -> int:
+def train(args: argparse.Namespace, world: World, device: torch.device) -> int:
     ae_cfg, pc_cfg = load_config(args.ae_config), load_config(args.pc_config)
-    device = select_device(args.device)
     _seed_everything(args.seed)
     crop = tuple(ae_cfg.crop_size)
     train_loader, num_train = make_loader(
@@ -313,43 +329,64 @@ def train(args: argparse.Namespace) -> int:
         train=True,
         num_workers=args.num_workers,
         seed=args.seed,
+        rank=world.rank,
+        world_size=world.world_size,
     )
     test_loader, _ = make_loader(
         args.dataset_test, crop, ae_cfg.batch_size, train=False, num_workers=0, seed=args.seed
     )
-    trainer = Trainer(ae_cfg, pc_cfg, device, num_train)
+    trainer = Trainer(ae_cfg, pc_cfg, device, num_train, world)
+    # Only rank 0 prints, evaluates and writes the log dir, checkpoints and TensorBoard.
+    log = print if world.is_main else _silent
 
     log_dir_root = args.log_dir_root + ("_TMP" if args.temporary else "")
     if args.restore:
         restore_path = ckpt.checkpoint_path(args.restore, args.restore_itr)
         skip = [s for s in (args.restore_skip_vars or "").split(",") if s]
         trainer.restore(ckpt.load_checkpoint(restore_path, device), skip)
-        print(f"Restored {restore_path} (step {trainer.step})")
+        log(f"Restored {restore_path} (step {trainer.step})")
         # Resume the data order at the epoch the restored step belongs to.
-        train_loader.set_epoch(trainer.step * ae_cfg.batch_size // num_train)
+        train_loader.set_epoch(
+            trainer.step * ae_cfg.batch_size * world.world_size // num_train)
+    if args.max_steps is not None and trainer.step >= args.max_steps:
+        log(f"Global step {trainer.step} already >= --max_steps {args.max_steps}; nothing to do.")
+        return 0
+    if not world.is_main:
+        return _train_loop(args, trainer, train_loader, None, None, world)
     if args.restore and args.restore_continue:
         log_dir = ckpt.ckpt_dir_of(args.restore).parent
     else:
         log_dir = ckpt.make_log_dir(log_dir_root, args.ae_config, args.pc_config)
-    ckpt_dir = log_dir / ckpt.CKPTS_DIRNAME
-    ckpt.write_configs(ckpt_dir, ae_cfg, pc_cfg)
+    ckpt.write_configs(log_dir / ckpt.CKPTS_DIRNAME, ae_cfg, pc_cfg)
     print(
         f"Log dir: {log_dir}\nDevice: {device}; {num_train} training images; "
-        f"{sum(p.numel() for p in trainer.model.parameters()):,} parameters",
+        f"{sum(p.numel() for p in trainer.model.parameters()):,} parameters; "
+        f"{world.world_size} process(es) x batch {ae_cfg.batch_size}",
         flush=True,
     )
+    return _train_loop(args, trainer, train_loader, test_loader, log_dir, world)
 
-    if args.max_steps is not None and trainer.step >= args.max_steps:
-        print(f"Global step {trainer.step} already >= --max_steps {args.max_steps}; nothing to do.")
-        return 0
+
+def _silent(*args, **kwargs) -> None:
+    pass
+
+
+def _train_loop(args: argparse.Namespace, trainer: Trainer, train_loader, test_loader,
+                log_dir: Path | None, world: World) -> int:
+    """The loop on every rank; `log_dir` is None except on rank 0, which alone logs, tests
+    and saves."""
+    device = trainer.device
+    ckpt_dir = log_dir / ckpt.CKPTS_DIRNAME if log_dir else None
 
     def save(reason: str) -> None:
+        if ckpt_dir is None:
+            return
         path = ckpt.save_checkpoint(
             ckpt_dir, trainer.step, trainer.state_dict(), keep=args.keep_ckpts
         )
         print(f"Saved {path} ({reason})", flush=True)
 
-    writer = SummaryWriter(log_dir=str(log_dir))
+    writer = SummaryWriter(log_dir=str(log_dir)) if log_dir else None
     stop = _StopRequest()
     last_saved_step, last_save_time = trainer.step, time.time()
     interval_start, interval_images = time.time(), 0
@@ -359,16 +396,25 @@ def train(args: argparse.Namespace) -> int:
             x = x.to(device, non_blocking=True)
             terms = trainer.train_step(x)
             if terms is None:
-                saved = ckpt.list_checkpoints(ckpt_dir)
-                last_good = f"{saved[-1][1]}" if saved else "none (no checkpoint saved yet)"
-                print(
-                    f"error: loss is NaN/inf at step {trainer.step + 1}; stopping without "
-                    f"saving. Last good checkpoint: {last_good}",
-                    file=sys.stderr,
-                )
+                if ckpt_dir is not None:
+                    saved = ckpt.list_checkpoints(ckpt_dir)
+                    last_good = f"{saved[-1][1]}" if saved else "none (no checkpoint saved yet)"
+                    print(
+                        f"error: loss is NaN/inf at step {trainer.step + 1}; stopping without "
+                        f"saving. Last good checkpoint: {last_good}",
+                        file=sys.stderr,
+                    )
                 return 1
-            interval_images += len(x)
+            interval_images += len(x) * world.world_size
             step = trainer.step
+            # One flag for all ranks, so that they stop at the same step.
+            stopping = any_rank(stop.requested, world, device)
+            if writer is None:  # not rank 0
+                if stopping:
+                    exit_code = 143
+                if stopping or (args.max_steps is not None and step >= args.max_steps):
+                    break
+                continue
             if step % args.log_interval_train == 0:
                 img_per_s = interval_images / max(time.time() - interval_start, 1e-9)
                 _log_train(writer, trainer, terms, x, img_per_s)
@@ -387,7 +433,7 @@ def train(args: argparse.Namespace) -> int:
             if args.max_steps is not None and step >= args.max_steps:
                 print(f"Reached --max_steps {args.max_steps}.")
                 break
-            if stop.requested:
+            if stopping:
                 print("SIGTERM received; stopping.")
                 exit_code = 143
                 break
@@ -396,7 +442,8 @@ def train(args: argparse.Namespace) -> int:
         exit_code = 130
     finally:
         stop.close()
-        writer.close()
+        if writer is not None:
+            writer.close()
     if trainer.step != last_saved_step:
         save("last step")
     return exit_code
@@ -404,11 +451,14 @@ def train(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
+    world, device = init_world(select_device(args.device))
     try:
-        return train(args)
+        return train(args, world, device)
     except (ConfigError, DatasetError, ckpt.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    finally:
+        close_world(world)
 
 
 if __name__ == "__main__":

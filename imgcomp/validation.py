@@ -26,6 +26,7 @@ from imgcomp import checkpoint as ckpt
 from imgcomp.autoencoder import pad_to_multiple
 from imgcomp.bitstream import BitstreamError, ImageCompressor
 from imgcomp.data import DatasetError, ImageReadError, load_image_rgb
+from imgcomp.distributed import World, barrier, close_world, gather_to_main, init_world
 from imgcomp.evaluation import Measure, measure, resolve_images, write_measures_csv
 from imgcomp.model import ImageCodec
 from imgcomp.training import select_device
@@ -91,14 +92,15 @@ def _image_mode_note(path: Path) -> str | None:
         return f"note: {path.name} is {img.mode} ({img.format}); evaluated as 8-bit RGB"
 
 
-def load_images(paths: list[Path]) -> list[np.ndarray]:
-    """Decode every image up front, so a bad file stops val.py before any work is done."""
+def load_images(paths: list[Path], note: bool = True) -> list[np.ndarray]:
+    """Decode every image up front, so a bad file stops val.py (on every rank) before any
+    work is done."""
     images = []
     for path in paths:
         images.append(load_image_rgb(path))
-        note = _image_mode_note(path)
-        if note:
-            print(note)
+        message = _image_mode_note(path) if note else None
+        if message:
+            print(message)
     return images
 
 
@@ -113,15 +115,19 @@ def _read_validated(path: Path) -> dict[str, dict]:
 
 def validate_job(log_dir_root: Path, job_id: str, dataset: str, paths: list[Path],
                  images: list[np.ndarray], args: argparse.Namespace,
-                 device: torch.device) -> None:
+                 device: torch.device, world: World) -> None:
+    """Validate the selected checkpoints of one job. Under torchrun every rank takes every
+    world_size-th image and rank 0 writes the results in the single-process order."""
+    log = print if world.is_main else _silent
     log_dir = ckpt.find_log_dir(log_dir_root, job_id)
     ckpt_dir = log_dir / ckpt.CKPTS_DIRNAME
     available = [s for s, _ in ckpt.list_checkpoints(ckpt_dir)]
     if not available:
         raise ckpt.CheckpointError(f"job {job_id}: no checkpoints in {ckpt_dir}")
     out_dir = log_dir_root / f"{job_id} {dataset}"
-    if args.reset and out_dir.exists():
+    if world.is_main and args.reset and out_dir.exists():
         shutil.rmtree(out_dir)
+    barrier(world)
     out_dir.mkdir(parents=True, exist_ok=True)
     validated_path = out_dir / VALIDATED_JSON
     validated = _read_validated(validated_path)
@@ -130,41 +136,59 @@ def validate_job(log_dir_root: Path, job_id: str, dataset: str, paths: list[Path
             or (args.real_bpp and "bpp_real" not in validated[str(s)])]
     for s in steps:
         if s not in todo:
-            print(f"{job_id} step {s}: already validated on {dataset} "
-                  f"({_means_line(validated[str(s)])}); --reset to redo")
+            log(f"{job_id} step {s}: already validated on {dataset} "
+                f"({_means_line(validated[str(s)])}); --reset to redo")
+    mine = list(range(world.rank, len(paths), world.world_size))
     for step in todo:
         model = ckpt.load_codec(ckpt_dir, step, device)
         compressor = ImageCompressor(model, device) if args.real_bpp else None
-        measures, real_rows = [], []
-        recon_dir = out_dir / "imgs"
-        for path, image in zip(tqdm(paths, desc=f"{job_id} step {step}", unit="img"), images,
-                               strict=True):
+        results = []
+        for i in tqdm(mine, desc=f"{job_id} step {step}", unit="img", disable=not world.is_main):
+            path, image = paths[i], images[i]
             x_hat, bits = reconstruct(model, image, device)
-            measures.append(Measure(path.name, *measure(image, x_hat, bits)))
+            measured = Measure(path.name, *measure(image, x_hat, bits))
             if args.save_ours and step == steps[-1]:
-                recon_dir.mkdir(exist_ok=True)
-                Image.fromarray(x_hat).save(recon_dir / f"{path.stem}.png")
+                (out_dir / "imgs").mkdir(exist_ok=True)
+                Image.fromarray(x_hat).save(out_dir / "imgs" / f"{path.stem}.png")
+            real = None
             if compressor is not None:
-                real_rows.append(code_image(compressor, path, image, bits, out_dir))
-                tqdm.write(_real_line(real_rows[-1]))
-        write_measures_csv(out_dir / f"measures_{step}.csv", measures)
-        if step == max(steps):
-            write_measures_csv(out_dir / "measures.csv", measures)
-        means = {
-            "num_images": len(measures),
-            "bpp": float(np.mean([m.bpp for m in measures])),
-            "ms_ssim": float(np.mean([m.ms_ssim for m in measures])),
-            "psnr": float(np.mean([m.psnr for m in measures])),
-        }
-        if real_rows:
-            _write_real_bpp_csv(out_dir / f"real_bpp_{step}.csv", real_rows)
-            if step == max(steps):
-                _write_real_bpp_csv(out_dir / "real_bpp.csv", real_rows)
-            for key in REAL_BPP_HEADER[1:]:
-                means[key] = float(np.mean([r[key] for r in real_rows]))
-        validated[str(step)] = means
+                real = code_image(compressor, path, image, bits, out_dir)
+                tqdm.write(_real_line(real))
+            results.append((i, measured, real))
+        gathered = gather_to_main(results, world)
+        if gathered is None:
+            continue
+        ordered = sorted((r for rank_results in gathered for r in rank_results),
+                         key=lambda r: r[0])
+        _write_results(out_dir, step, max(steps), [r[1] for r in ordered],
+                       [r[2] for r in ordered if r[2] is not None], validated)
         validated_path.write_text(json.dumps(validated, indent=1, sort_keys=True))
-        print(f"{job_id} step {step} on {dataset}: {_means_line(means)}  -> {out_dir}")
+        print(f"{job_id} step {step} on {dataset}: {_means_line(validated[str(step)])}  -> "
+              f"{out_dir}")
+
+
+def _silent(*args, **kwargs) -> None:
+    pass
+
+
+def _write_results(out_dir: Path, step: int, last_step: int, measures: list[Measure],
+                   real_rows: list[dict], validated: dict) -> None:
+    write_measures_csv(out_dir / f"measures_{step}.csv", measures)
+    if step == last_step:
+        write_measures_csv(out_dir / "measures.csv", measures)
+    means = {
+        "num_images": len(measures),
+        "bpp": float(np.mean([m.bpp for m in measures])),
+        "ms_ssim": float(np.mean([m.ms_ssim for m in measures])),
+        "psnr": float(np.mean([m.psnr for m in measures])),
+    }
+    if real_rows:
+        _write_real_bpp_csv(out_dir / f"real_bpp_{step}.csv", real_rows)
+        if step == last_step:
+            _write_real_bpp_csv(out_dir / "real_bpp.csv", real_rows)
+        for key in REAL_BPP_HEADER[1:]:
+            means[key] = float(np.mean([r[key] for r in real_rows]))
+    validated[str(step)] = means
 
 
 def code_image(compressor: ImageCompressor, path: Path, image: np.ndarray, loss_bits: float,
@@ -217,16 +241,19 @@ def _means_line(means: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
+    world, device = init_world(select_device(args.device))
     try:
         dataset, paths = resolve_images(args.images)
         if args.how_many is not None:
             paths = paths[:args.how_many]
-        images = load_images(paths)
-        device = select_device(args.device)
+        images = load_images(paths, note=world.is_main)
         for job_id in [j for j in args.job_ids.split(",") if j]:
-            validate_job(Path(args.log_dir_root), job_id, dataset, paths, images, args, device)
+            validate_job(Path(args.log_dir_root), job_id, dataset, paths, images, args, device,
+                         world)
     except (DatasetError, ImageReadError, ckpt.CheckpointError, ValueError) as e:
         # BitstreamError and ConfigError are ValueErrors too.
         print(f"error: {e}", file=sys.stderr)
         return 1
+    finally:
+        close_world(world)
     return 0
