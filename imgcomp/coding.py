@@ -10,9 +10,10 @@ Logits become probabilities through an integer exp table, and constriction's ran
 quantizes identical float64 inputs identically.
 
 Speed: encoding computes all logits in one pass over the volume. Decoding follows a wavefront
-t = 4*c + 2*h + w: every position of every layer is computed exactly once, at step t, from
-cached activations of the layer below (the idea of Fast PixelCNN++), and all symbols of a
-step are decoded together. A Kodak image (C=32 x 64 x 96 symbols) takes ~380 steps.
+t = 4*c + 2*h + w (for 3x3 kernels): every position of every layer is computed exactly
+once, at step t, from cached activations of the layer below (the idea of Fast PixelCNN++),
+and all symbols of a step are decoded together. A Kodak image (C=32 x 64 x 96 symbols)
+takes 376 steps.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ _TABLE_FRAC_BITS = 12  # the exp table's resolution in logit units: 2^-12
 _EXP_TABLE_SIZE = 24 << _TABLE_FRAC_BITS  # exp(-24) ~ 4e-11: smaller probabilities are floored
 # round(2^32 * exp(-2^-12)), fixed here so the table does not depend on the platform's exp.
 _EXP_STEP = 4293918848
-DEPTH_STEP = 4  # wavefront time t = DEPTH_STEP * c + 2 * h + w (see _wavefront_time)
 
 
 @functools.lru_cache(maxsize=1)
@@ -56,11 +56,15 @@ def probabilities(logits: torch.Tensor) -> np.ndarray:
     return freq / freq.sum(axis=1, keepdims=True)
 
 
-def _wavefront_time(d: np.ndarray, h: np.ndarray, w: np.ndarray) -> np.ndarray:
-    # Every dependency of a position lies at a time <= its own for activations and < its own
-    # for symbols: within a channel, rows above reach at most one column right per row; the
-    # previous channel is visible in a 3x3 window (4*(c-1) + 2*(h+1) + (w+1) = t - 1).
-    return DEPTH_STEP * d + 2 * h + w
+def _wavefront_time(d: np.ndarray, h: np.ndarray, w: np.ndarray, reach: int) -> np.ndarray:
+    """t = a*c + b*h + w for kernels reaching `reach` = K//2 positions per layer (a=4, b=2
+    for K=3). Every tap of a layer lies at a time <= its own (activations of the layer below,
+    computed earlier in the same step) and every symbol tap of the first layer at a time < its
+    own: within a channel, a row above reaches `reach` columns right (b > reach); the previous
+    channel is visible in a window of +-reach rows and columns (a > b*reach + reach)."""
+    b = reach + 1
+    a = b * reach + reach + 1
+    return a * d + b * h + w
 
 
 @dataclass
@@ -135,7 +139,7 @@ class _Plan:
             self.base.append(torch.from_numpy(below.flat(d, hh, ww)))
             od, oh, ow = layer.offsets.T
             self.tap_offsets.append(torch.from_numpy((od * below.height + oh) * below.width + ow))
-            t = _wavefront_time(d, hh, ww)
+            t = _wavefront_time(d, hh, ww, spatial_reach)
             order = np.argsort(t, kind="stable")
             self.order.append(torch.from_numpy(order))
             sorted_times.append(t[order])

@@ -21,9 +21,9 @@ AE_TINY = str(ROOT / "tests/configs/ae_tiny")
 PC_TINY = str(ROOT / "tests/configs/pc_tiny")
 
 
-def _context_model(k=12, seed=0):
+def _context_model(k=12, seed=0, kernel_size=3):
     torch.manual_seed(seed)
-    pc = ProbClassifier(6, 3, k)
+    pc = ProbClassifier(6, kernel_size, k)
     for p in pc.parameters():
         torch.nn.init.normal_(p, std=0.2)
     centers = torch.tensor([-1.9, -1.0, -0.2, 0.3, 1.1, 2.0])
@@ -74,6 +74,14 @@ def test_symbol_round_trip(shape):
     assert torch.equal(decode_symbols(model, words, shape), symbols)
     # The range coder's output is within a word or two of the cross-entropy.
     assert 32 * words.size <= bits + 64 + 0.01 * bits
+
+
+def test_round_trip_with_5x5_kernels():
+    """A wider context (kernel_size = 5) needs a slower wavefront; it must still decode."""
+    _, _, model = _context_model(k=6, kernel_size=5)
+    symbols = torch.randint(0, 6, (3, 7, 8), generator=torch.Generator().manual_seed(4))
+    words, _ = encode_symbols(model, symbols)
+    assert torch.equal(decode_symbols(model, words, (3, 7, 8)), symbols)
 
 
 def test_decoder_sees_exactly_the_encoders_logits():
