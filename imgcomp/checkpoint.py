@@ -117,6 +117,7 @@ def checkpoint_path(ckpt_dir: str | os.PathLike, step: int = -1) -> Path:
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; checkpoints and configs are shared files
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -17,6 +17,10 @@ from imgcomp.metrics import ms_ssim_uint8, psnr_uint8
 MEASURES_HEADER = ("img_name", "bpp", "ms-ssim", "psnr")
 # Known dataset names, as the original: `kodak` = $VAL_ROOT/kodak/*.png.
 KNOWN_DATASETS = {"kodak": ("kodak", "*.png")}
+# `samples`: real photographs that ship inside the scikit-image wheel, so that val.py runs on
+# a fresh install with no download.
+SAMPLE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png",
+                 "rocket.jpg")
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,10 @@ def dataset_name(spec: str) -> str:
 
 def resolve_images(spec: str) -> tuple[str, list[Path]]:
     """(dataset name, sorted image paths) of an IMAGES argument: a known name (`kodak`, under
-    $VAL_ROOT), a folder, or a quoted glob. DatasetError if nothing matches."""
+    $VAL_ROOT; `samples`, photos bundled with scikit-image), a folder, or a quoted glob.
+    DatasetError if nothing matches."""
+    if spec == "samples" and not os.path.exists(spec):
+        return spec, sample_photos()
     if spec in KNOWN_DATASETS and not os.path.exists(spec):
         root = os.environ.get("VAL_ROOT")
         if not root:
@@ -53,6 +60,21 @@ def resolve_images(spec: str) -> tuple[str, list[Path]]:
         folder, pattern = KNOWN_DATASETS[spec]
         return spec, resolve_image_paths(os.path.join(root, folder, pattern))
     return dataset_name(spec), resolve_image_paths(spec)
+
+
+def sample_photos() -> list[Path]:
+    """The bundled sample photographs (see SAMPLE_PHOTOS)."""
+    try:
+        import skimage
+    except ImportError as e:
+        raise DatasetError("'samples' are scikit-image's bundled photos: pip install "
+                           "scikit-image") from e
+    paths = [Path(skimage.data_dir) / name for name in SAMPLE_PHOTOS]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise DatasetError(f"scikit-image {skimage.__version__} lacks the sample photos "
+                           f"{', '.join(missing)} in {skimage.data_dir}")
+    return paths
 
 
 def measure(original: np.ndarray, reconstruction: np.ndarray, num_bits: float) -> tuple[

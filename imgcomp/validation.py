@@ -40,8 +40,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
                                 "MS-SSIM and PSNR per image, written to measures.csv.")
     p.add_argument("log_dir_root", help="folder holding the jobs' log dirs")
     p.add_argument("job_ids", help="comma-separated job ids (MMDD_HHMM prefixes)")
-    p.add_argument("images", help="a folder of images, a quoted glob, or 'kodak' "
-                   "($VAL_ROOT/kodak/*.png)")
+    p.add_argument("images", help="a folder of images, a quoted glob, 'kodak' "
+                   "($VAL_ROOT/kodak/*.png) or 'samples' (photos bundled with scikit-image)")
     p.add_argument("--save_ours", action="store_true",
                    help="save reconstructions as PNG in <out>/imgs/")
     p.add_argument("--real_bpp", action="store_true",

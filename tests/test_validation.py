@@ -134,6 +134,16 @@ def test_real_bpp_writes_files_and_csv(job, images, capsys):
     assert "real/theoretical=" in capsys.readouterr().out
 
 
+def test_samples_are_bundled_photos():
+    from imgcomp.evaluation import resolve_images
+
+    name, paths = resolve_images("samples")
+    assert name == "samples" and len(paths) == 5
+    for path in paths:
+        with Image.open(path) as img:
+            assert img.mode == "RGB" and min(img.size) >= 300
+
+
 def test_select_steps():
     assert validation.select_steps([1, 2, 3, 4, 5], -1, None) == [5]
     assert validation.select_steps([1, 2, 3, 4, 5], 2, None) == [1, 3, 5]
