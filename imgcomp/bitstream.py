@@ -9,6 +9,7 @@ File layout (little-endian):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import struct
@@ -171,11 +172,27 @@ class ImageCompressor:
         return self.reconstruct(symbols, header.height, header.width)
 
 
-def compress(image, model: str | os.PathLike) -> bytes:
-    """Compress an image with the model of a job's log dir."""
-    return ImageCompressor.from_log_dir(model).compress(image)
+# The shipped model used when none is named: a log dir in the repository's ckpts/ (found
+# from an editable install or a checkout).
+SHIPPED_CKPTS = Path(__file__).resolve().parents[1] / "ckpts"
+DEFAULT_JOB = "1125_1942"  # cpu@med
 
 
-def decompress(data: bytes, model: str | os.PathLike) -> np.ndarray:
+def default_model_dir() -> Path:
+    """Log dir of the default shipped model; CheckpointError if it is not there."""
+    return ckpt.find_log_dir(SHIPPED_CKPTS, DEFAULT_JOB)
+
+
+@functools.lru_cache(maxsize=2)
+def _compressor(model: str) -> ImageCompressor:
+    return ImageCompressor.from_log_dir(model)
+
+
+def compress(image, model: str | os.PathLike | None = None) -> bytes:
+    """Compress an image with a job's model (default: the shipped default model)."""
+    return _compressor(str(model or default_model_dir())).compress(image)
+
+
+def decompress(data: bytes, model: str | os.PathLike | None = None) -> np.ndarray:
     """Decompress bytes made by `compress` with the same model."""
-    return ImageCompressor.from_log_dir(model).decompress(data)
+    return _compressor(str(model or default_model_dir())).decompress(data)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from imgcomp.bitstream import BitstreamError, ImageCompressor
+from imgcomp.bitstream import DEFAULT_JOB, BitstreamError, ImageCompressor, default_model_dir
 from imgcomp.checkpoint import CheckpointError
 from imgcomp.config import ConfigError
 from imgcomp.data import ImageReadError, load_image_rgb
@@ -21,8 +21,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for name, what, out in (("encode", "IMAGE", "FILE"), ("decode", "FILE", "IMAGE.png")):
         s = sub.add_parser(name, help=f"{what} -> {out}")
-        s.add_argument("--model", required=True, metavar="JOB_DIR",
-                       help="log dir of a trained job (or its ckpts/)")
+        s.add_argument("--model", metavar="JOB_DIR",
+                       help="log dir of a trained job (or its ckpts/); default: the shipped "
+                       f"model {DEFAULT_JOB} in ckpts/")
         s.add_argument("--step", type=int, default=-1, help="checkpoint step (-1: latest)")
         s.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
         s.add_argument("input", metavar=what)
@@ -33,7 +34,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
     try:
-        compressor = ImageCompressor.from_log_dir(args.model, args.step, args.device)
+        model_dir = args.model or default_model_dir()
+        compressor = ImageCompressor.from_log_dir(model_dir, args.step, args.device)
         start = time.perf_counter()
         if args.command == "encode":
             image = load_image_rgb(args.input)

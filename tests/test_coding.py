@@ -227,3 +227,9 @@ def test_module_api(job):
     image = _photo(16, 16)
     data = bitstream.compress(image, model=job)
     assert bitstream.decompress(data, model=job).shape == (16, 16, 3)
+
+
+def test_default_model_is_shipped():
+    data = bitstream.compress(_photo(24, 40))
+    assert data[:4] == bitstream.MAGIC
+    assert bitstream.decompress(data).shape == (24, 40, 3)

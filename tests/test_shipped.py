@@ -1,0 +1,68 @@
+"""The models shipped in ckpts/: they load, code real photos, and their Kodak numbers in
+ckpts/README.md are what val.py measures."""
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from imgcomp import validation
+from imgcomp.bitstream import ImageCompressor
+from imgcomp.checkpoint import CKPTS_DIRNAME, job_id_of
+from imgcomp.evaluation import read_measures_csv, sample_photos
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted(p for p in (ROOT / "ckpts").iterdir() if (p / CKPTS_DIRNAME).is_dir())
+KODAK = Path(os.environ.get("IMGCOMP_SHARED", ROOT.parent / "shared")) / "data/kodak"
+
+
+def test_some_models_ship():
+    assert SHIPPED, "no log dirs in ckpts/"
+    for log_dir in SHIPPED:
+        size = sum(f.stat().st_size for f in log_dir.rglob("*") if f.is_file())
+        assert size <= 20 * 2**20, f"{log_dir.name} is {size / 2**20:.1f} MB"
+
+
+@pytest.mark.parametrize("log_dir", SHIPPED, ids=lambda p: p.name)
+def test_shipped_model_codes_a_real_photo(log_dir):
+    compressor = ImageCompressor.from_log_dir(log_dir)
+    photo = np.asarray(Image.open(sample_photos()[0]).convert("RGB"))[100:228, 150:310]
+    data = compressor.compress(photo)
+    decoded = compressor.decompress(data)
+    expected, bits = validation.reconstruct(compressor.model, photo, torch.device("cpu"))
+    assert np.array_equal(decoded, expected)
+    assert 8 * len(data) == pytest.approx(bits, rel=0.05, abs=400)
+
+
+@pytest.mark.parametrize("log_dir", SHIPPED, ids=lambda p: p.name)
+def test_readme_numbers_match_a_fresh_val_run(log_dir, tmp_path):
+    job = job_id_of(log_dir)
+    committed = read_measures_csv(ROOT / "ckpts" / f"{job} kodak" / "measures.csv")
+    assert len(committed) == 24
+    readme = (ROOT / "ckpts/README.md").read_text()
+    row = re.search(rf"^\| {job} \|.*$", readme, re.M)
+    assert row, f"{job} is not in ckpts/README.md"
+    bpp, msssim, psnr = (float(v) for v in row.group(0).split("|")[5:8])
+    assert bpp == pytest.approx(np.mean([m.bpp for m in committed]), abs=1e-4)
+    assert msssim == pytest.approx(np.mean([m.ms_ssim for m in committed]), abs=1e-4)
+    assert psnr == pytest.approx(np.mean([m.psnr for m in committed]), abs=1e-2)
+    if not (KODAK / "kodim01.png").is_file():
+        pytest.skip("Kodak images not available (set IMGCOMP_SHARED)")
+    # A fresh val.py run on 2 images gives the committed per-image numbers.
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / log_dir.name).symlink_to(log_dir)
+    images = tmp_path / "kodak"
+    images.mkdir()
+    for name in ("kodim01.png", "kodim02.png"):
+        (images / name).symlink_to(KODAK / name)
+    assert validation.main([str(tmp_path / "logs"), job, str(images), "--device", "cpu"]) == 0
+    fresh = read_measures_csv(tmp_path / "logs" / f"{job} kodak" / "measures.csv")
+    by_name = {m.img_name: m for m in committed}
+    for m in fresh:
+        assert m.bpp == pytest.approx(by_name[m.img_name].bpp, rel=1e-3)
+        assert m.ms_ssim == pytest.approx(by_name[m.img_name].ms_ssim, abs=1e-3)
+        assert m.psnr == pytest.approx(by_name[m.img_name].psnr, abs=0.05)
