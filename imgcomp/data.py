@@ -17,6 +17,7 @@ from __future__ import annotations
 import glob
 import io
 import os
+import signal
 import struct
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -454,5 +455,12 @@ def make_loader(
         # Worker seeds (torch's base seed + worker id) then follow from seed and epoch, and
         # iterating does not draw from the global torch RNG.
         generator=torch.Generator().manual_seed(seed),
+        worker_init_fn=_ignore_sigterm if num_workers > 0 else None,
     )
     return loader, num_images
+
+
+def _ignore_sigterm(worker_id: int) -> None:
+    # A SIGTERM to the whole process group (kill -- -PGID, job schedulers) must not kill the
+    # workers under the training loop: the main process stops, checkpoints and ends them.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -216,19 +216,24 @@ def test_bad_inputs_give_one_clear_error(tmp_path, capsys):
     assert code == 1 and "no_such_dir" in capsys.readouterr().err
 
 
-def test_sigterm_checkpoints_the_last_step(tmp_path):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_sigterm_checkpoints_the_last_step(tmp_path, workers):
+    """SIGTERM to the trainer, or (with loader workers) to its whole process group."""
     data = str(_write_images(tmp_path / "imgs") / "*.png")
     logs = tmp_path / "logs"
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), AE_TINY, PC_TINY, "--dataset_train", data,
-         "--dataset_test", data, "--log_dir_root", str(logs), "--num_workers", "0",
+         "--dataset_test", data, "--log_dir_root", str(logs), "--num_workers", str(workers),
          "--log_interval_train", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
     for line in proc.stdout:  # wait until training runs
         if re.match(r"\s+3: loss=", line):
             break
-    proc.send_signal(signal.SIGTERM)
+    if workers:
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 143, out
     assert "SIGTERM" in out
