@@ -51,7 +51,7 @@ def main() -> None:
         hours = training_hours(log_dir)
         print(f"{job} {ae} {pc}: step {step}, {hours:.2f} h, Kodak ({len(measures)} images) "
               f"bpp={bpp:.4f} ms-ssim={msssim:.4f} psnr={psnr:.2f}")
-        rows.append(f"| {job} | {ae} {pc} | {step} | {hours:.1f} h (2 CPU cores) | {bpp:.4f} | "
+        rows.append(f"| {job} | {ae} {pc} | {step} | {hours:.1f} h | {bpp:.4f} | "
                     f"{msssim:.4f} | {psnr:.2f} |")
     if args.write:
         readme = SHIPPED / "README.md"
