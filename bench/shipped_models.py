@@ -1,14 +1,17 @@
-"""Kodak results of the models shipped in ckpts/, and the table of ckpts/README.md.
+"""Results of the models shipped in ckpts/: the table of ckpts/README.md and the results
+section of README.md, both rendered from committed CSVs.
 
     python val.py ckpts JOB_ID ../shared/data/kodak      # for every shipped job, first
     python bench/shipped_models.py [--write]
 
-Reads each shipped log dir (`ckpts/<JOB> <ae> <pc>/`), its `ckpts/<JOB> kodak/measures.csv`
-and its TensorBoard events (steps, training time); prints one line per model and, with
---write, replaces the table in ckpts/README.md.
+Reads each shipped log dir (`ckpts/<JOB> <ae> <pc>/`), its `ckpts/<JOB> <DATASET>/measures.csv`
+and its TensorBoard events (steps, training time), and the BD-rates plotter.py wrote beside
+`figs/plot_<name>.png` (see figs/README.md); prints both tables and, with --write, replaces
+them in ckpts/README.md and README.md.
 """
 
 import argparse
+import csv
 import re
 from pathlib import Path
 
@@ -17,10 +20,15 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from imgcomp.checkpoint import CKPTS_DIRNAME, job_id_of, list_checkpoints
 from imgcomp.evaluation import read_measures_csv
+from imgcomp.plotting import PAPER_LABEL
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "ckpts"
-BEGIN, END = "<!-- models:begin -->", "<!-- models:end -->"
+FIGS = ROOT / "figs"
+MODELS = ("<!-- models:begin -->", "<!-- models:end -->")
+RESULTS = ("<!-- results:begin -->", "<!-- results:end -->")
+# (dataset name as val.py writes it, label, plot name under figs/)
+DATASETS = (("kodak", "Kodak", "plot_Kodak"), ("bsds500_val", "BSDS500 val", "plot_bsds500_val"))
 
 
 def shipped_log_dirs() -> list[Path]:
@@ -34,31 +42,88 @@ def training_hours(log_dir: Path) -> float:
     return sum(b - a for a, b in zip(times, times[1:], strict=False) if b - a < 600) / 3600
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write", action="store_true", help="update ckpts/README.md")
-    args = parser.parse_args()
+def mean_measures(job: str, dataset: str) -> tuple[int, float, float, float] | None:
+    """(images, bpp, MS-SSIM, PSNR) means of a job's committed results, None if absent."""
+    path = SHIPPED / f"{job} {dataset}" / "measures.csv"
+    if not path.is_file():
+        return None
+    measures = read_measures_csv(path)
+    return (len(measures), float(np.mean([m.bpp for m in measures])),
+            float(np.mean([m.ms_ssim for m in measures])),
+            float(np.mean([m.psnr for m in measures])))
+
+
+def models_table() -> list[str]:
     rows = ["| job id | configs | steps | training time | Kodak bpp | Kodak MS-SSIM | "
             "Kodak PSNR |", "|---|---|---|---|---|---|---|"]
     for log_dir in shipped_log_dirs():
         job = job_id_of(log_dir)
         _, ae, pc = log_dir.name.split(" ")
         step = list_checkpoints(log_dir)[-1][0]
-        measures = read_measures_csv(SHIPPED / f"{job} kodak" / "measures.csv")
-        bpp = np.mean([m.bpp for m in measures])
-        msssim = np.mean([m.ms_ssim for m in measures])
-        psnr = np.mean([m.psnr for m in measures])
-        hours = training_hours(log_dir)
-        print(f"{job} {ae} {pc}: step {step}, {hours:.2f} h, Kodak ({len(measures)} images) "
-              f"bpp={bpp:.4f} ms-ssim={msssim:.4f} psnr={psnr:.2f}")
-        rows.append(f"| {job} | {ae} {pc} | {step} | {hours:.1f} h | {bpp:.4f} | "
-                    f"{msssim:.4f} | {psnr:.2f} |")
+        _, bpp, msssim, psnr = mean_measures(job, "kodak")
+        rows.append(f"| {job} | {ae} {pc} | {step} | {training_hours(log_dir):.1f} h | "
+                    f"{bpp:.4f} | {msssim:.4f} | {psnr:.2f} |")
+    return rows
+
+
+def read_bd_rates(plot_name: str) -> dict[str, float]:
+    path = FIGS / f"{plot_name}_bdrate.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        return {row["anchor"]: float(row["bd_rate_percent"]) for row in csv.DictReader(f)}
+
+
+def results_section() -> list[str]:
+    header = "| model | " + " | ".join(f"{label} bpp | {label} MS-SSIM | {label} PSNR"
+                                        for _, label, _ in DATASETS) + " |"
+    rows = [header, "|---" * (1 + 3 * len(DATASETS)) + "|"]
+    by_rate = sorted(shipped_log_dirs(), key=lambda d: mean_measures(job_id_of(d), "kodak")[1])
+    for log_dir in by_rate:
+        job = job_id_of(log_dir)
+        cells = [f"{log_dir.name.split(' ')[1]} ({job})"]
+        for dataset, _, _ in DATASETS:
+            means = mean_measures(job, dataset)
+            cells += (["n/a"] * 3 if means is None else
+                      [f"{means[1]:.4f}", f"{means[2]:.4f}", f"{means[3]:.2f}"])
+        rows.append("| " + " | ".join(cells) + " |")
+    bd = {dataset: read_bd_rates(plot) for dataset, _, plot in DATASETS}
+    anchors = list(dict.fromkeys(a for rates in bd.values() for a in rates))
+    rows += ["", "| BD-rate of ours (MS-SSIM) against | "
+             + " | ".join(label for _, label, _ in DATASETS) + " |",
+             "|---" * (1 + len(DATASETS)) + "|"]
+    for anchor in anchors:
+        # The paper's curve is measured on Kodak: against other datasets it is only a guide.
+        cells = [f"{bd[d][anchor]:+.1f} %" if anchor in bd[d] and np.isfinite(bd[d][anchor])
+                 else "n/a" for d, _, _ in DATASETS]
+        if anchor == PAPER_LABEL:
+            cells = [c if d == "kodak" else f"({c} vs its Kodak curve)"
+                     for c, (d, _, _) in zip(cells, DATASETS, strict=True)]
+        rows.append(f"| {anchor} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def replace_between(path: Path, markers: tuple[str, str], rows: list[str]) -> None:
+    begin, end = markers
+    text = path.read_text()
+    if begin not in text or end not in text:
+        raise SystemExit(f"{path} lacks the markers {begin} ... {end}")
+    block = "\n".join([begin, *rows, end])
+    path.write_text(re.sub(f"{re.escape(begin)}.*{re.escape(end)}", lambda _: block, text,
+                           flags=re.S))
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", action="store_true",
+                        help="update ckpts/README.md and README.md")
+    args = parser.parse_args()
+    models, results = models_table(), results_section()
+    print("\n".join(models), "", "\n".join(results), sep="\n")
     if args.write:
-        readme = SHIPPED / "README.md"
-        text = readme.read_text()
-        table = "\n".join([BEGIN, *rows, END])
-        readme.write_text(re.sub(f"{BEGIN}.*{END}", table, text, flags=re.S))
-        print(f"wrote {readme}")
+        replace_between(SHIPPED / "README.md", MODELS, models)
+        replace_between(ROOT / "README.md", RESULTS, results)
 
 
 if __name__ == "__main__":

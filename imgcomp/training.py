@@ -239,8 +239,19 @@ class Trainer:
         if not skip_prefixes:
             self.ae_optimizer.load_state_dict(state["ae_optimizer"])
             self.pc_optimizer.load_state_dict(state["pc_optimizer"])
-        self.ae_schedule.load_state_dict(state["ae_schedule"])
-        self.pc_schedule.load_state_dict(state["pc_schedule"])
+        # The schedules restart from the restored step but keep this run's configured
+        # learning rates: a checkpoint's own base rates must not override a new config.
+        for schedule, saved in ((self.ae_schedule, state["ae_schedule"]),
+                                (self.pc_schedule, state["pc_schedule"])):
+            base_lrs = list(schedule.base_lrs)
+            schedule.load_state_dict(saved)
+            schedule.base_lrs = base_lrs
+            lrs = [base * fn(schedule.last_epoch)
+                   for base, fn in zip(base_lrs, schedule.lr_lambdas, strict=True)]
+            for group, base, lr in zip(schedule.optimizer.param_groups, base_lrs, lrs,
+                                       strict=True):
+                group["initial_lr"], group["lr"] = base, lr
+            schedule._last_lr = lrs
 
 
 def _seed_everything(seed: int) -> None:

@@ -1,8 +1,11 @@
-"""The models shipped in ckpts/: they load, code real photos, and their Kodak numbers in
-ckpts/README.md are what val.py measures."""
+"""The models shipped in ckpts/: they load, code real photos, their Kodak numbers in
+ckpts/README.md are what val.py measures, and the results in README.md and figs/ are what
+plotter.py and bench/shipped_models.py compute from the committed measures."""
 
+import csv
 import os
 import re
+import runpy
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from imgcomp import validation
+from imgcomp import plotting, validation
 from imgcomp.bitstream import ImageCompressor
 from imgcomp.checkpoint import CKPTS_DIRNAME, job_id_of
 from imgcomp.evaluation import read_measures_csv, sample_photos
@@ -66,3 +69,33 @@ def test_readme_numbers_match_a_fresh_val_run(log_dir, tmp_path):
         assert m.bpp == pytest.approx(by_name[m.img_name].bpp, rel=1e-3)
         assert m.ms_ssim == pytest.approx(by_name[m.img_name].ms_ssim, abs=1e-3)
         assert m.psnr == pytest.approx(by_name[m.img_name].psnr, abs=0.05)
+
+
+PLOTS = [("kodak", "plot_Kodak"), ("bsds500_val", "plot_bsds500_val")]
+
+
+def _read_bd_csv(path: Path) -> dict[str, tuple[float, str]]:
+    with open(path, newline="") as f:
+        return {r["anchor"]: (float(r["bd_rate_percent"]), r["note"]) for r in csv.DictReader(f)}
+
+
+@pytest.mark.parametrize("dataset,plot", PLOTS)
+def test_committed_bd_rates_are_what_plotter_computes(dataset, plot, tmp_path):
+    jobs = ",".join(job_id_of(d) for d in SHIPPED)
+    out = tmp_path / f"{plot}.png"
+    assert plotting.main([str(ROOT / "ckpts"), jobs, dataset, "--other_codecs_root",
+                          str(ROOT / "results/other_codecs"), "-o", str(out)]) == 0
+    fresh = _read_bd_csv(tmp_path / f"{plot}_bdrate.csv")
+    committed = _read_bd_csv(ROOT / "figs" / f"{plot}_bdrate.csv")
+    assert set(fresh) == set(committed) >= {"jpeg", "webp", "jp2k", "avif"}
+    for anchor, (value, note) in committed.items():
+        assert fresh[anchor][0] == pytest.approx(value, abs=1e-3, nan_ok=True), anchor
+        assert fresh[anchor][1] == note
+    assert (ROOT / "figs" / f"{plot}.png").is_file()
+
+
+def test_readme_results_are_rendered_from_committed_csvs():
+    bench = runpy.run_path(str(ROOT / "bench/shipped_models.py"))
+    rows = bench["results_section"]()
+    assert "\n".join(rows) in (ROOT / "README.md").read_text()
+    assert not any("n/a" in row for row in rows)

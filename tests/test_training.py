@@ -15,7 +15,7 @@ from PIL import Image
 
 from imgcomp import checkpoint as ckpt
 from imgcomp import training
-from imgcomp.config import load_config
+from imgcomp.config import Config, load_config
 from imgcomp.records import write_image_records
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,6 +156,26 @@ def test_restore_into_new_log_dir_and_skip_vars(tmp_path):
     assert len({ckpt.job_id_of(d) for d in dirs}) == 2
     second = next(d for d in dirs if d != first)
     assert ckpt.load_checkpoint(ckpt.checkpoint_path(second))["step"] == 2
+
+
+def test_restore_with_a_new_config_uses_its_learning_rate(tmp_path):
+    ae_cfg, pc_cfg = load_config(AE_TINY), load_config(PC_TINY)
+    x = torch.rand(2, 3, 32, 32) * 255
+    trainer = training.Trainer(ae_cfg, pc_cfg, torch.device("cpu"), num_train_images=100)
+    for _ in range(3):
+        trainer.train_step(x)
+    state = trainer.state_dict() | {"step": trainer.step}
+    faster = Config(ae_cfg.to_dict() | {
+        "lr_initial": 10 * ae_cfg.lr_initial, "lr_schedule": "DECAY",
+        "lr_schedule_decay_interval": 1, "lr_schedule_decay_staircase": False})
+    restored = training.Trainer(faster, pc_cfg, torch.device("cpu"), num_train_images=100)
+    restored.restore(state, [])
+    expected = faster.lr_initial * training.lr_factor(faster, 3, 100 / faster.batch_size)
+    assert restored.ae_optimizer.param_groups[0]["lr"] == pytest.approx(expected)
+    assert restored.ae_schedule.get_last_lr()[0] == pytest.approx(expected)
+    restored.train_step(x)
+    expected = faster.lr_initial * training.lr_factor(faster, 4, 100 / faster.batch_size)
+    assert restored.ae_optimizer.param_groups[0]["lr"] == pytest.approx(expected)
 
 
 def test_train_from_records_written_by_our_writer(tmp_path, monkeypatch):
