@@ -249,6 +249,18 @@ def load_codec_curves(root: Path, dataset: str, metric: str,
     return curves
 
 
+def non_monotone_points(curve: Curve) -> list[str]:
+    """Labels of the points whose metric is not above that of every lower-bpp point."""
+    order = np.argsort(curve.bpp, kind="stable")
+    best = -math.inf
+    dominated = []
+    for i in order:
+        if curve.metric[i] <= best:
+            dominated.append(curve.point_labels[i] if curve.point_labels else f"{curve.bpp[i]:.3f}")
+        best = max(best, curve.metric[i])
+    return dominated
+
+
 def _bd_points(curve: Curve) -> tuple[np.ndarray, np.ndarray]:
     """(rates, metric values) sorted by strictly increasing metric, as the interpolation over
     the metric needs; points with equal metric are merged (mean rate), bpp <= 0 dropped."""
@@ -442,6 +454,10 @@ def _run(args: argparse.Namespace) -> int:
     for label, job_id, job in zip(labels, job_ids, jobs, strict=True):
         b, v = mean_point(job, args.metric)
         print(f"{label} ({job_id}): {len(job)} images, bpp {b:.4f}, {args.metric} {v:.4f}")
+    dominated = non_monotone_points(points)
+    if dominated:
+        warn(f"our points are not monotone: at {', '.join(dominated)} the {args.metric} is no "
+             f"higher than at a lower bpp; BD-rates against them are unreliable")
 
     codecs_root = Path(args.other_codecs_root or os.environ.get("OTHER_CODECS_ROOT")
                        or DEFAULT_OTHER_CODECS_ROOT)

@@ -117,6 +117,20 @@ def test_plot_and_bd_rates(results, tmp_path, capsys):
     assert "A (0101_0001): 4 images" in printed and "jpeg" in printed
 
 
+def test_non_monotone_points_warn(results, tmp_path, capsys):
+    logs, _ = results
+    # A fourth job with more bits than C but lower quality than B.
+    write_measures_csv(logs / "0101_0004 kodak" / "measures.csv", [
+        Measure(name, 1.5, _quality(JOB_BPP[1])[0] - 0.001, 30.0) for name, _, _ in IMAGES])
+    rc, _ = _run(results, tmp_path, "--ids", "A", "B", "C", "D",
+                 jobs=",".join([*JOBS, "0101_0004"]))
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "our points are not monotone: at D the ms-ssim is no higher" in err
+    rc, _ = _run(results, tmp_path)
+    assert "not monotone" not in capsys.readouterr().err
+
+
 def test_interp_style_end_to_end_and_single_job_fallback(results, tmp_path, capsys):
     rc, out = _run(results, tmp_path, "--style", "interp")
     assert rc == 0 and out.stat().st_size > 0
