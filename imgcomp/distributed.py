@@ -46,8 +46,13 @@ def init_world(device: torch.device) -> tuple[World, torch.device]:
     return world, device
 
 
-def close_world(world: World) -> None:
+def close_world(world: World, finished: bool = False) -> None:
+    """Leave the process group. After a normal finish (`finished`) wait for every rank first:
+    a rank that tears gloo down while a peer still saves or reduces can abort at exit. After
+    an error, do not wait, since a peer may never get there."""
     if world.distributed and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 

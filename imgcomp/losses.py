@@ -48,6 +48,9 @@ def compute_loss(model: ImageCodec, out: CodecOutput, x: Tensor, ae_cfg, pc_cfg)
         distortion = ae_cfg.K_psnr - psnr_value
     else:
         distortion = mse(out.x_hat, x)
+    # Flattened configs of runs older than K_mse lack the entry.
+    if kind != "mse" and ae_cfg.get("K_mse", 0):
+        distortion = distortion + ae_cfg.K_mse * mse(out.x_hat, x)
 
     # The rate term reaches the autoencoder only through the importance mask (the probclass
     # input is stop-gradient), so the bit costs are detached here: the probclass itself is

@@ -463,13 +463,16 @@ def _train_loop(args: argparse.Namespace, trainer: Trainer, train_loader, test_l
 def main(argv: list[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
     world, device = init_world(select_device(args.device))
+    finished = False
     try:
-        return train(args, world, device)
+        exit_code = train(args, world, device)
+        finished = True
+        return exit_code
     except (ConfigError, DatasetError, ckpt.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     finally:
-        close_world(world)
+        close_world(world, finished)
 
 
 if __name__ == "__main__":

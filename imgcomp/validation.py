@@ -242,6 +242,7 @@ def _means_line(means: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
     world, device = init_world(select_device(args.device))
+    finished = False
     try:
         dataset, paths = resolve_images(args.images)
         if args.how_many is not None:
@@ -250,10 +251,11 @@ def main(argv: list[str] | None = None) -> int:
         for job_id in [j for j in args.job_ids.split(",") if j]:
             validate_job(Path(args.log_dir_root), job_id, dataset, paths, images, args, device,
                          world)
+        finished = True
     except (DatasetError, ImageReadError, ckpt.CheckpointError, ValueError) as e:
         # BitstreamError and ConfigError are ValueErrors too.
         print(f"error: {e}", file=sys.stderr)
         return 1
     finally:
-        close_world(world)
+        close_world(world, finished)
     return 0

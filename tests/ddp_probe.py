@@ -30,7 +30,7 @@ def main(ae_config: str, pc_config: str, dataset: str, out_dir: str) -> None:
     buffers = [float(b.double().sum()) for b in trainer.model.buffers()]
     with open(f"{out_dir}/rank{world.rank}.json", "w") as f:
         json.dump({"batches": batches, "params": params, "buffers": buffers}, f)
-    close_world(world)
+    close_world(world, finished=True)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ from PIL import Image
 from imgcomp import checkpoint as ckpt
 from imgcomp import training
 from imgcomp.config import Config, load_config
+from imgcomp.losses import compute_loss
+from imgcomp.model import ImageCodec
 from imgcomp.records import write_image_records
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -259,3 +261,22 @@ def test_sigterm_checkpoints_the_last_step(tmp_path, workers):
     assert "SIGTERM" in out
     saved = ckpt.list_checkpoints(_only_log_dir(logs))
     assert len(saved) == 1 and saved[0][0] >= 3
+
+
+def test_k_mse_adds_a_weighted_mse_to_the_ms_ssim_distortion():
+    torch.manual_seed(0)
+    ae_cfg, pc_cfg = load_config(AE_TINY), load_config(PC_TINY)
+    assert ae_cfg.distortion_to_minimize == "ms_ssim" and ae_cfg.K_mse == 0
+    model = ImageCodec.from_configs(ae_cfg, pc_cfg).eval()
+    x = torch.rand(2, 3, 32, 32) * 255
+    with torch.no_grad():
+        out = model(x)
+        plain = compute_loss(model, out, x, ae_cfg, pc_cfg)
+        with_mse = compute_loss(model, out, x, Config(ae_cfg.to_dict() | {"K_mse": 0.5}), pc_cfg)
+        # Flattened configs written before K_mse existed have no entry: no MSE term.
+        legacy = {k: v for k, v in ae_cfg.to_dict().items() if k != "K_mse"}
+        old = compute_loss(model, out, x, Config(legacy), pc_cfg)
+    expected = 0.5 * float(((out.x_hat - x) ** 2).mean())
+    assert float(with_mse.distortion - plain.distortion) == pytest.approx(expected, rel=1e-5)
+    assert float(with_mse.ae_loss - plain.ae_loss) == pytest.approx(expected, rel=1e-5)
+    assert float(old.distortion) == pytest.approx(float(plain.distortion), rel=1e-6)
