@@ -466,7 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     finished = False
     try:
         exit_code = train(args, world, device)
-        finished = True
+        # Ranks agree on when to stop, except after Ctrl-C (130), which each rank may catch at
+        # a different step: waiting for the others could then hang.
+        finished = exit_code != 130
         return exit_code
     except (ConfigError, DatasetError, ckpt.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
