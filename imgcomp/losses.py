@@ -41,16 +41,17 @@ def l2_weights(module: nn.Module) -> Tensor:
 def compute_loss(model: ImageCodec, out: CodecOutput, x: Tensor, ae_cfg, pc_cfg) -> LossTerms:
     msssim = ms_ssim(out.x_hat, x)
     psnr_value = psnr(out.x_hat, x)
+    mse_value = mse(out.x_hat, x)
     kind = ae_cfg.distortion_to_minimize
     if kind == "ms_ssim":
         distortion = ae_cfg.K_ms_ssim * (1 - msssim)
     elif kind == "psnr":
         distortion = ae_cfg.K_psnr - psnr_value
     else:
-        distortion = mse(out.x_hat, x)
+        distortion = mse_value
     # Flattened configs of runs older than K_mse lack the entry.
     if kind != "mse" and ae_cfg.get("K_mse", 0):
-        distortion = distortion + ae_cfg.K_mse * mse(out.x_hat, x)
+        distortion = distortion + ae_cfg.K_mse * mse_value
 
     # The rate term reaches the autoencoder only through the importance mask (the probclass
     # input is stop-gradient), so the bit costs are detached here: the probclass itself is
