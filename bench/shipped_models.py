@@ -36,10 +36,14 @@ def shipped_log_dirs() -> list[Path]:
 
 
 def training_hours(log_dir: Path) -> float:
-    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0}).Reload()
-    times = [e.wall_time for e in events.Scalars("train/bpp")]
-    # Resumed runs leave gaps; count only intervals between logged steps < 10 min apart.
-    return sum(b - a for a, b in zip(times, times[1:], strict=False) if b - a < 600) / 3600
+    """Wall time of the logged steps: within each events file (one per run segment), the
+    intervals between train/bpp summaries less than 10 min apart."""
+    total = 0.0
+    for path in sorted(log_dir.glob("events.out.tfevents.*")):
+        events = EventAccumulator(str(path), size_guidance={"scalars": 0}).Reload()
+        times = [e.wall_time for e in events.Scalars("train/bpp")]
+        total += sum(b - a for a, b in zip(times, times[1:], strict=False) if b - a < 600)
+    return total / 3600
 
 
 def mean_measures(job: str, dataset: str) -> tuple[int, float, float, float] | None:
@@ -61,7 +65,9 @@ def models_table() -> list[str]:
         _, ae, pc = log_dir.name.split(" ")
         step = list_checkpoints(log_dir)[-1][0]
         _, bpp, msssim, psnr = mean_measures(job, "kodak")
-        rows.append(f"| {job} | {ae} {pc} | {step} | {training_hours(log_dir):.1f} h | "
+        hours = training_hours(log_dir)
+        took = f"{hours:.1f} h" if hours >= 1 else f"{60 * hours:.1f} min"
+        rows.append(f"| {job} | {ae} {pc} | {step} | {took} | "
                     f"{bpp:.4f} | {msssim:.4f} | {psnr:.2f} |")
     return rows
 

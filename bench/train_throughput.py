@@ -3,7 +3,7 @@ optimizers) at each config's own crop size and batch size, on random images.
 
     python bench/train_throughput.py [--steps 3] [--threads N]
 
-Last line: cvpr_med_img_s=X cpu_med_img_s=Y
+Last line: cvpr_med_img_s=X cpu_med_img_s=Y gpu_med_img_s=Z
 """
 
 import argparse
@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CASES = {
     "cvpr_med": ("ae_configs/cvpr/med", "pc_configs/cvpr/res_shallow"),
     "cpu_med": ("ae_configs/cpu/med", "pc_configs/cpu/res_shallow"),
+    "gpu_med": ("ae_configs/gpu/med", "pc_configs/gpu/res_shallow"),
 }
 
 

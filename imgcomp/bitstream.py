@@ -175,7 +175,7 @@ class ImageCompressor:
 # The shipped model used when none is named: a log dir in the repository's ckpts/ (found
 # from an editable install or a checkout).
 SHIPPED_CKPTS = Path(__file__).resolve().parents[1] / "ckpts"
-DEFAULT_JOB = "1125_2135"  # cpu@med
+DEFAULT_JOB = "1126_0305_2"  # gpu@med
 
 
 def default_model_dir() -> Path:

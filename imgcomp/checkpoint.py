@@ -6,6 +6,7 @@ files and the flattened configs `ae_config` and `pc_config` they were trained wi
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import re
@@ -36,17 +37,24 @@ def job_id_of(log_dir: str | os.PathLike) -> str:
 
 def make_log_dir(log_dir_root: str | os.PathLike, ae_config_path: str | os.PathLike,
                  pc_config_path: str | os.PathLike, now: time.struct_time | None = None) -> Path:
-    """Create `ROOT/MMDD_HHMM ae@name pc@name`; a `_N` suffix keeps the job id unique."""
+    """Create `ROOT/MMDD_HHMM ae@name pc@name`; a `_N` suffix keeps the job id unique, also
+    between runs started in the same minute (a lock on ROOT serializes the choice)."""
     root = Path(log_dir_root)
     root.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%m%d_%H%M", now or time.localtime())
-    taken = {job_id_of(p) for p in root.iterdir()}
-    job_id, n = stamp, 1
-    while job_id in taken:
-        job_id = f"{stamp}_{n}"
-        n += 1
-    log_dir = root / f"{job_id} {config_job_name(ae_config_path)} {config_job_name(pc_config_path)}"
-    (log_dir / CKPTS_DIRNAME).mkdir(parents=True)
+    root_fd = os.open(root, os.O_RDONLY)
+    try:
+        fcntl.flock(root_fd, fcntl.LOCK_EX)  # released when the descriptor closes
+        taken = {job_id_of(p) for p in root.iterdir()}
+        job_id, n = stamp, 1
+        while job_id in taken:
+            job_id = f"{stamp}_{n}"
+            n += 1
+        log_dir = root / (f"{job_id} {config_job_name(ae_config_path)} "
+                          f"{config_job_name(pc_config_path)}")
+        (log_dir / CKPTS_DIRNAME).mkdir(parents=True)
+    finally:
+        os.close(root_fd)
     return log_dir
 
 

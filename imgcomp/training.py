@@ -236,7 +236,8 @@ class Trainer:
                 f"(missing: {missing[:5]}, unexpected: {unexpected[:5]})"
             )
         self.step = int(state["step"])
-        if not skip_prefixes:
+        # Shipped checkpoints hold no optimizer states (imgcomp.ship): Adam starts afresh.
+        if not skip_prefixes and "ae_optimizer" in state:
             self.ae_optimizer.load_state_dict(state["ae_optimizer"])
             self.pc_optimizer.load_state_dict(state["pc_optimizer"])
         # The schedules restart from the restored step but keep this run's configured
@@ -354,8 +355,10 @@ def train(args: argparse.Namespace, world: World, device: torch.device) -> int:
     if args.restore:
         restore_path = ckpt.checkpoint_path(args.restore, args.restore_itr)
         skip = [s for s in (args.restore_skip_vars or "").split(",") if s]
-        trainer.restore(ckpt.load_checkpoint(restore_path, device), skip)
-        log(f"Restored {restore_path} (step {trainer.step})")
+        state = ckpt.load_checkpoint(restore_path, device)
+        trainer.restore(state, skip)
+        fresh = "" if "ae_optimizer" in state else "; no optimizer states in it, Adam starts afresh"
+        log(f"Restored {restore_path} (step {trainer.step}{fresh})")
         # Resume the data order at the epoch the restored step belongs to.
         train_loader.set_epoch(
             trainer.step * ae_cfg.batch_size * world.world_size // num_train)

@@ -1,11 +1,13 @@
 """Checkpoint files: atomic writes, listing, loading errors, log dir names."""
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 
 from imgcomp import checkpoint as ckpt
+from imgcomp.config import config_job_name
 
 
 def test_save_list_load_and_keep(tmp_path):
@@ -60,3 +62,20 @@ def test_log_dir_names_are_unique_per_minute(tmp_path):
     assert ckpt.find_log_dir(tmp_path, "0515_1103") == first
     with pytest.raises(ckpt.CheckpointError, match="no job '0101_0000'"):
         ckpt.find_log_dir(tmp_path, "0101_0000")
+
+
+def test_runs_started_together_get_distinct_job_ids(tmp_path, monkeypatch):
+    # Runs launched at once into one root (as three operating points on a shared GPU). The
+    # slowed-down naming widens the window between choosing a job id and creating the dir.
+    def slow_job_name(path):
+        time.sleep(0.05)
+        return config_job_name(path)
+
+    monkeypatch.setattr(ckpt, "config_job_name", slow_job_name)
+    now = time.strptime("2026-05-15 11:03", "%Y-%m-%d %H:%M")
+    names = ["low", "med", "hi"] * 3
+    with ThreadPoolExecutor(len(names)) as pool:
+        made = list(pool.map(lambda n: ckpt.make_log_dir(
+            tmp_path, f"ae_configs/cvpr/{n}", "pc_configs/cvpr/res_shallow", now), names))
+    job_ids = sorted(ckpt.job_id_of(m) for m in made)
+    assert job_ids == sorted(["0515_1103"] + [f"0515_1103_{i}" for i in range(1, 9)])
