@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from imgcomp import checkpoint as ckpt
 from imgcomp import training, validation
 from imgcomp.bitstream import ImageCompressor, default_model_dir
 from imgcomp.config import load_config
@@ -27,7 +28,7 @@ def photo():
     return np.asarray(Image.open(sample_photos()[0]).convert("RGB"))[40:296, 64:448]
 
 
-def test_training_on_cuda_resumes_on_cpu():
+def test_training_on_cuda_resumes_on_cpu(tmp_path):
     torch.manual_seed(0)
     ae_cfg, pc_cfg = load_config(AE_TINY), load_config(PC_TINY)
     trainer = training.Trainer(ae_cfg, pc_cfg, CUDA, num_train_images=100)
@@ -37,13 +38,10 @@ def test_training_on_cuda_resumes_on_cpu():
         last = trainer.train_step(x)
     assert float(last.ae_loss.detach()) < float(first.ae_loss.detach())
     assert all(p.is_cuda for p in trainer.model.parameters())
-    # A GPU checkpoint restores on the CPU with its optimizer state.
-    state = {k: v for k, v in trainer.state_dict().items()}
-    state["step"] = trainer.step
-    moved = torch.utils._pytree.tree_map(
-        lambda t: t.cpu() if isinstance(t, torch.Tensor) else t, state)
+    # A checkpoint written on the GPU restores on the CPU with its optimizer state.
+    path = ckpt.save_checkpoint(tmp_path, trainer.step, trainer.state_dict())
     on_cpu = training.Trainer(ae_cfg, pc_cfg, CPU, num_train_images=100)
-    on_cpu.restore(moved, [])
+    on_cpu.restore(ckpt.load_checkpoint(path, CPU), [])
     assert on_cpu.step == 11
     assert on_cpu.train_step(x.cpu()) is not None
 
