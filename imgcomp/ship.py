@@ -71,8 +71,12 @@ def ship(log_dir: Path) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m imgcomp.ship", description=__doc__.splitlines()[0])
-    p.add_argument("log_dirs", nargs="+", metavar="LOG_DIR", type=Path)
+    p = argparse.ArgumentParser(
+        prog="python -m imgcomp.ship", description="Make trained log dirs small enough to "
+        "commit: the latest checkpoint without optimizer states, the TensorBoard events "
+        "without images. Changes the log dirs in place.")
+    p.add_argument("log_dirs", nargs="+", metavar="LOG_DIR", type=Path,
+                   help="a log dir written by train.py")
     args = p.parse_args(argv)
     for log_dir in args.log_dirs:
         try:
