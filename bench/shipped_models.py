@@ -20,11 +20,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from imgcomp.checkpoint import CKPTS_DIRNAME, job_id_of, list_checkpoints
 from imgcomp.evaluation import read_measures_csv
-from imgcomp.plotting import PAPER_LABEL
+from imgcomp.plotting import PAPER_LABEL, load_codec_curves
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "ckpts"
 FIGS = ROOT / "figs"
+OTHER_CODECS = ROOT / "results/other_codecs"
 MODELS = ("<!-- models:begin -->", "<!-- models:end -->")
 RESULTS = ("<!-- results:begin -->", "<!-- results:end -->")
 # (dataset name as val.py writes it, label, plot name under figs/)
@@ -106,6 +107,28 @@ def results_section() -> list[str]:
             cells = [c if d == "kodak" else f"({c} vs its Kodak curve)"
                      for c, (d, _, _) in zip(cells, DATASETS, strict=True)]
         rows.append(f"| {anchor} | " + " | ".join(cells) + " |")
+    return rows + ["", *equal_bpp_table(by_rate)]
+
+
+def equal_bpp_table(by_rate: list[Path]) -> list[str]:
+    """Our MS-SSIM minus each codec's at our bpp, its measured curve interpolated linearly:
+    what BD-rate, an average over the range, hides about a single operating point."""
+    rates = [log_dir.name.split(" ")[1].split("@")[-1] for log_dir in by_rate]
+    rows = ["| MS-SSIM of ours minus the codec's at our bpp | "
+            + " | ".join(f"{label} {rate}" for _, label, _ in DATASETS for rate in rates)
+            + " |", "|---" * (1 + len(DATASETS) * len(rates)) + "|"]
+    gaps: dict[str, dict[str, list[str]]] = {}
+    for dataset, _, _ in DATASETS:
+        ours = [mean_measures(job_id_of(d), dataset) for d in by_rate]
+        for codec in load_codec_curves(OTHER_CODECS, dataset, "ms-ssim"):
+            cells = gaps.setdefault(codec.label, {}).setdefault(dataset, [])
+            for _, bpp, msssim, _ in ours:
+                theirs = np.interp(bpp, codec.bpp, codec.metric, left=np.nan, right=np.nan)
+                cells.append("outside its curve" if np.isnan(theirs)
+                             else f"{msssim - theirs:+.4f}")
+    for codec, by_dataset in gaps.items():
+        cells = [c for d, _, _ in DATASETS for c in by_dataset.get(d, ["n/a"] * len(rates))]
+        rows.append(f"| {codec} | " + " | ".join(cells) + " |")
     return rows
 
 
