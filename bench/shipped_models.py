@@ -6,8 +6,10 @@ section of README.md, both rendered from committed CSVs.
 
 Reads each shipped log dir (`ckpts/<JOB> <ae> <pc>/`), its `ckpts/<JOB> <DATASET>/measures.csv`
 and its TensorBoard events (steps, training time), and the BD-rates plotter.py wrote beside
-`figs/plot_<name>.png` (see figs/README.md); prints both tables and, with --write, replaces
-them in ckpts/README.md and README.md.
+`figs/plot_<name>.png` (see figs/README.md), and the classical codecs' measures under
+results/other_codecs/ (for the MS-SSIM gap at each of our operating points); prints the
+models table and the results section and, with --write, replaces them in ckpts/README.md and
+README.md.
 """
 
 import argparse
@@ -122,7 +124,11 @@ def equal_bpp_table(by_rate: list[Path]) -> list[str]:
         ours = [mean_measures(job_id_of(d), dataset) for d in by_rate]
         for codec in load_codec_curves(OTHER_CODECS, dataset, "ms-ssim"):
             cells = gaps.setdefault(codec.label, {}).setdefault(dataset, [])
-            for _, bpp, msssim, _ in ours:
+            for means in ours:
+                if means is None:  # this model not validated on the dataset
+                    cells.append("n/a")
+                    continue
+                _, bpp, msssim, _ = means
                 theirs = np.interp(bpp, codec.bpp, codec.metric, left=np.nan, right=np.nan)
                 cells.append("outside its curve" if np.isnan(theirs)
                              else f"{msssim - theirs:+.4f}")

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from imgcomp.metrics import ms_ssim, mse, psnr
+from imgcomp.metrics import ms_ssim, mse, psnr_from_mse
 from imgcomp.model import CodecOutput, ImageCodec
 
 
@@ -40,8 +40,8 @@ def l2_weights(module: nn.Module) -> Tensor:
 
 def compute_loss(model: ImageCodec, out: CodecOutput, x: Tensor, ae_cfg, pc_cfg) -> LossTerms:
     msssim = ms_ssim(out.x_hat, x)
-    psnr_value = psnr(out.x_hat, x)
     mse_value = mse(out.x_hat, x)
+    psnr_value = psnr_from_mse(mse_value)
     kind = ae_cfg.distortion_to_minimize
     if kind == "ms_ssim":
         distortion = ae_cfg.K_ms_ssim * (1 - msssim)

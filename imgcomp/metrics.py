@@ -96,13 +96,18 @@ def mse(x: Tensor, y: Tensor) -> Tensor:
     return F.mse_loss(x, y)
 
 
+def psnr_from_mse(err: Tensor, max_val: float = 255.0) -> Tensor:
+    """PSNR in dB of a mean squared error."""
+    return 10.0 * torch.log10(max_val**2 / err)
+
+
 def psnr(x: Tensor, y: Tensor, *, max_val: float = 255.0, reduce_batch: bool = True) -> Tensor:
     """PSNR in dB; with reduce_batch=False, one value per image (from that image's MSE)."""
     if reduce_batch:
         err = mse(x, y)
     else:
         err = (x - y).pow(2).flatten(1).mean(dim=1)
-    return 10.0 * torch.log10(max_val**2 / err)
+    return psnr_from_mse(err, max_val)
 
 
 def _uint8_pair_to_tensors(a: np.ndarray, b: np.ndarray) -> tuple[Tensor, Tensor]:
