@@ -15,7 +15,8 @@ from PIL import Image
 
 from imgcomp import plotting, validation
 from imgcomp.bitstream import ImageCompressor
-from imgcomp.checkpoint import CKPTS_DIRNAME, job_id_of
+from imgcomp.checkpoint import AE_CONFIG_NAME, CKPTS_DIRNAME, PC_CONFIG_NAME, job_id_of
+from imgcomp.config import load_config
 from imgcomp.evaluation import read_measures_csv, sample_photos
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +40,17 @@ def test_shipped_model_codes_a_real_photo(log_dir):
     expected, bits = validation.reconstruct(compressor.model, photo, torch.device("cpu"))
     assert np.array_equal(decoded, expected)
     assert 8 * len(data) == pytest.approx(bits, rel=0.05, abs=400)
+
+
+@pytest.mark.parametrize("log_dir", SHIPPED, ids=lambda p: p.name)
+def test_repo_configs_are_the_ones_a_shipped_model_was_trained_with(log_dir):
+    # ckpts/README.md reproduces each model from the configs its log dir is named after.
+    _, ae, pc = log_dir.name.split(" ")
+    for root, job_name, flattened in (("ae_configs", ae, AE_CONFIG_NAME),
+                                      ("pc_configs", pc, PC_CONFIG_NAME)):
+        in_repo = load_config(ROOT / root / Path(*job_name.split("@")))
+        shipped = load_config(log_dir / CKPTS_DIRNAME / flattened)
+        assert dict(in_repo.items()) == dict(shipped.items()), f"{root}/{job_name}"
 
 
 @pytest.mark.parametrize("log_dir", SHIPPED, ids=lambda p: p.name)
