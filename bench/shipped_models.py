@@ -131,7 +131,7 @@ def equal_bpp_table(by_rate: list[Path]) -> list[str]:
                 _, bpp, msssim, _ = means
                 theirs = np.interp(bpp, codec.bpp, codec.metric, left=np.nan, right=np.nan)
                 cells.append("outside its curve" if np.isnan(theirs)
-                             else f"{msssim - theirs:+.4f}")
+                             else f"{msssim - theirs:+.5f}")
     for codec, by_dataset in gaps.items():
         cells = [c for d, _, _ in DATASETS for c in by_dataset.get(d, ["n/a"] * len(rates))]
         rows.append(f"| {codec} | " + " | ".join(cells) + " |")

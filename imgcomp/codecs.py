@@ -7,7 +7,8 @@ exactly as val.py measures our model (real encoded size, MS-SSIM and PSNR of the
 writes ``OTHER_CODECS_ROOT/<DATASET>/<codec>/<setting>/measures.csv`` (header
 ``img_name,bpp,ms-ssim,psnr``, one row per image). A setting folder is ``q_075`` (quality, for
 jpeg / webp / avif) or ``rate_048`` (JPEG 2000 compression ratio over 24 bpp RGB: about
-0.5 bpp); the number after ``_`` is the setting, zero-padded so folders sort.
+0.5 bpp); the number after ``_`` is the setting, its whole part zero-padded so folders sort.
+WebP takes fractional qualities (libwebp's quality is a float): ``q_075.5``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from tqdm import tqdm
 from imgcomp.data import ImageReadError, load_image_rgb
 from imgcomp.evaluation import Measure, measure, resolve_images, write_measures_csv
 
+Setting = int | float  # a quality or compression ratio; float only where Codec.fractional
+
 
 @dataclass(frozen=True)
 class Codec:
@@ -37,24 +40,29 @@ class Codec:
     pillow_format: str
     feature: str  # PIL.features name, to tell whether this Pillow build has the codec
     unit: str  # setting folder prefix
-    grid: tuple[int, ...]  # default settings, spanning ~0.1..1.5 mean bpp on Kodak
+    grid: tuple[Setting, ...]  # default settings, spanning ~0.1..1.5 mean bpp on Kodak
     min_value: int
     max_value: int | None
-    save_options: Callable[[int], dict[str, Any]]
+    save_options: Callable[[Setting], dict[str, Any]]
+    fractional: bool = False  # whether the encoder takes non-integer settings
 
-    def folder(self, value: int) -> str:
-        return f"{self.unit}_{value:03d}"
+    def folder(self, value: Setting) -> str:
+        whole = int(value)
+        fraction = "" if value == whole else str(float(value)).partition(".")[2]
+        return f"{self.unit}_{whole:03d}" + (f".{fraction}" if fraction else "")
 
     def available(self) -> bool:
         return bool(features.check(self.feature))
 
-    def check(self, value: int) -> None:
+    def check(self, value: Setting) -> None:
         """ValueError if `value` is not a valid setting of this codec."""
+        if value != int(value) and not self.fractional:
+            raise ValueError(f"{self.name}: setting {value} must be a whole number")
         if value < self.min_value or (self.max_value is not None and value > self.max_value):
             upper = "" if self.max_value is None else f"..{self.max_value}"
             raise ValueError(f"{self.name}: setting {value} is outside {self.min_value}{upper}")
 
-    def encode(self, img: Image.Image, value: int) -> bytes:
+    def encode(self, img: Image.Image, value: Setting) -> bytes:
         buf = io.BytesIO()
         img.save(buf, format=self.pillow_format, **self.save_options(value))
         return buf.getvalue()
@@ -67,11 +75,11 @@ CODECS: dict[str, Codec] = {
     "jpeg": Codec("jpeg", "JPEG", "jpg", "q", (3, 5, 8, 10, 13, 16, 20, 25, 30, 40, 50, 60, 70, 80),
                   1, 100, lambda q: {"quality": q}),
     # method=6 (Pillow's default is 4): slowest and best, ~7 % fewer bits at equal MS-SSIM on
-    # Kodak, and still cheaper than computing MS-SSIM; it gives the documented figures. q 76
-    # and 78 fill the step from 0.94 to 1.15 bpp, where the shipped hi model is compared.
+    # Kodak, and still cheaper than computing MS-SSIM; it gives the documented figures. q 75.5
+    # to 78 fill the step from 0.94 to 1.15 bpp, where the shipped hi model is compared.
     "webp": Codec("webp", "WEBP", "webp", "q",
-                  (0, 5, 10, 20, 30, 40, 50, 60, 70, 75, 76, 78, 80, 85),
-                  0, 100, lambda q: {"quality": q, "method": 6}),
+                  (0, 5, 10, 20, 30, 40, 50, 60, 70, 75, 75.5, 75.75, 76, 78, 80, 85),
+                  0, 100, lambda q: {"quality": q, "method": 6}, fractional=True),
     # quality_layers=[r]: one layer at compression ratio r over 24 bpp RGB, so bpp ~ 24 / r.
     # irreversible=True (the lossy 9/7 wavelet; Pillow's default is the lossless 5/3) gives the
     # documented Kodak figures. Pillow's default mct=0 (no RGB->YCbCr) is kept for the same
@@ -85,7 +93,7 @@ CODECS: dict[str, Codec] = {
 }
 
 
-def roundtrip(codec: Codec, original: np.ndarray, value: int) -> tuple[int, np.ndarray]:
+def roundtrip(codec: Codec, original: np.ndarray, value: Setting) -> tuple[int, np.ndarray]:
     """(encoded size in bits, decoded H x W x 3 uint8) of `original` at one setting."""
     data = codec.encode(Image.fromarray(original), value)
     decoded = load_image_rgb(data, name=f"{codec.name} {codec.folder(value)} output")
@@ -97,7 +105,7 @@ def roundtrip(codec: Codec, original: np.ndarray, value: int) -> tuple[int, np.n
 class _Task(NamedTuple):
     path: Path
     codec: str
-    values: tuple[int, ...]
+    values: tuple[Setting, ...]
 
 
 class _Result(NamedTuple):
@@ -128,8 +136,8 @@ def _init_worker() -> None:
 
 
 def evaluate(
-    paths: Sequence[Path], settings: dict[str, Sequence[int]], workers: int = 1
-) -> dict[str, dict[int, list[Measure]]]:
+    paths: Sequence[Path], settings: dict[str, Sequence[Setting]], workers: int = 1
+) -> dict[str, dict[Setting, list[Measure]]]:
     """codec -> setting -> measures of the readable images, in `paths` order.
 
     Unreadable images get a warning on stderr and are left out; a progress bar runs on stderr.
@@ -177,17 +185,26 @@ def mean_measures(measures: Sequence[Measure]) -> tuple[float, float, float]:
     )
 
 
-def _parse_qualities(specs: Sequence[str], codecs: Sequence[str]) -> dict[str, tuple[int, ...]]:
+def _parse_setting(text: str) -> Setting:
+    value = float(text)
+    if not np.isfinite(value):
+        raise ValueError(text)
+    return int(value) if value.is_integer() else value  # so 75.0 names folder q_075, as 75
+
+
+def _parse_qualities(specs: Sequence[str], codecs: Sequence[str]
+                     ) -> dict[str, tuple[Setting, ...]]:
     """`V,V` (every codec) or `CODEC=V,V` items -> per-codec settings; ValueError if invalid."""
     settings = {name: CODECS[name].grid for name in codecs}
-    shared: tuple[int, ...] | None = None
-    explicit: dict[str, tuple[int, ...]] = {}
+    shared: tuple[Setting, ...] | None = None
+    explicit: dict[str, tuple[Setting, ...]] = {}
     for spec in specs:
         name, sep, values_text = spec.rpartition("=")
         try:
-            values = tuple(sorted({int(v) for v in values_text.split(",") if v.strip()}))
+            values = tuple(sorted({_parse_setting(v) for v in values_text.split(",")
+                                   if v.strip()}))
         except ValueError:
-            raise ValueError(f"--qualities {spec!r}: settings must be integers") from None
+            raise ValueError(f"--qualities {spec!r}: settings must be numbers") from None
         if not values:
             raise ValueError(f"--qualities {spec!r} names no settings")
         if not sep:
@@ -204,7 +221,7 @@ def _parse_qualities(specs: Sequence[str], codecs: Sequence[str]) -> dict[str, t
     return settings
 
 
-def _print_table(codec: Codec, by_value: dict[int, list[Measure]], folder: Path) -> None:
+def _print_table(codec: Codec, by_value: dict[Setting, list[Measure]], folder: Path) -> None:
     num_images = len(next(iter(by_value.values())))
     print(f"\n{codec.name} (Pillow {PIL.__version__}, {codec.feature} "
           f"{features.version(codec.feature)}; {num_images} images) -> {folder}")
@@ -227,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output root (default: $OTHER_CODECS_ROOT, else ./other_codecs)")
     parser.add_argument("--qualities", nargs="+", metavar="[CODEC=]V,V",
                         help="settings instead of the default grids: quality for jpeg, webp "
-                             "and avif, compression ratio for jp2k; without CODEC= for all")
+                             "and avif (webp also fractional, e.g. 75.5), compression ratio "
+                             "for jp2k; without CODEC= for all")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="encoding processes (default: number of CPUs)")
     return parser

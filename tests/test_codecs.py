@@ -17,8 +17,9 @@ AVAILABLE = [name for name, codec in CODECS.items() if codec.available()]
 ALL_CODECS = [pytest.param(name, marks=pytest.mark.skipif(name not in AVAILABLE,
                                                           reason=f"Pillow lacks {name}"))
               for name in CODECS]
-# Two settings per codec, low then high quality (jp2k: compression ratios, so high then low).
-SETTINGS = {"jpeg": (10, 70), "webp": (10, 70), "jp2k": (60, 12), "avif": (20, 70)}
+# Two settings per codec, low then high quality (jp2k: compression ratios, so high then low);
+# WebP's is fractional, which libwebp takes as it is.
+SETTINGS = {"jpeg": (10, 70), "webp": (10, 70.5), "jp2k": (60, 12), "avif": (20, 70)}
 # Each codec's Pillow options, written out independently of CODECS.
 PILLOW_SAVE = {
     "jpeg": lambda v: ("JPEG", {"quality": v}),
@@ -72,6 +73,8 @@ def test_measures_files_at_documented_paths(run, codec):
     assert status == 0
     folders = sorted(p.name for p in (dataset_dir / codec).iterdir())
     assert folders == sorted(CODECS[codec].folder(v) for v in SETTINGS[codec])
+    if codec == "webp":
+        assert folders == ["q_010", "q_070.5"]
     for folder in folders:
         rows = read_csv(dataset_dir / codec / folder / "measures.csv")
         assert rows[0] == ["img_name", "bpp", "ms-ssim", "psnr"]
@@ -115,10 +118,18 @@ def test_roundtrip_keeps_odd_sizes(codec):
 
 def test_default_grids_name_sortable_folders():
     for codec in CODECS.values():
-        assert 10 <= len(codec.grid) <= 14
+        assert 10 <= len(codec.grid) <= 16
         names = [codec.folder(v) for v in codec.grid]
-        assert [int(n.split("_")[1]) for n in names] == list(codec.grid)
-        assert sorted(names) == sorted(names, key=lambda n: int(n.split("_")[1]))
+        assert [float(n.split("_")[1]) for n in names] == list(codec.grid)
+        assert sorted(names) == sorted(names, key=lambda n: float(n.split("_")[1]))
+
+
+def test_fractional_settings_name_folders_and_whole_ones_keep_theirs(tmp_path):
+    make_images(tmp_path / "imgs")
+    assert main([str(tmp_path / "imgs"), "--out", str(tmp_path / "out"), "--codecs", "webp",
+                 "--qualities", "75.0,75.25", "--workers", "1"]) == 0
+    assert sorted(p.name for p in (tmp_path / "out" / "imgs" / "webp").iterdir()) == [
+        "q_075", "q_075.25"]
 
 
 def test_unreadable_image_is_skipped_with_a_warning(tmp_path, capsys):
@@ -159,7 +170,7 @@ def test_unknown_codec_lists_the_valid_ones(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("qualities", [["jpeg=0"], ["webp=101"], ["jp2k=0"], ["x,5"],
-                                       ["avif=50"]])
+                                       ["avif=50"], ["jpeg=50.5"], ["webp=nan"]])
 def test_invalid_qualities_are_an_error(tmp_path, capsys, qualities):
     make_images(tmp_path / "imgs")
     status = main([str(tmp_path / "imgs"), "--out", str(tmp_path / "out"),
@@ -202,3 +213,11 @@ def test_worker_processes_give_the_same_measures(tmp_path):
                 for w in ("1", "2")]
         assert rows[0] == rows[1]
 
+
+
+def test_fractional_setting_of_an_integer_codec_names_the_codec(tmp_path, capsys):
+    make_images(tmp_path / "imgs")
+    assert main([str(tmp_path / "imgs"), "--out", str(tmp_path / "out"), "--codecs", "jpeg",
+                 "--qualities", "50.5"]) == 1
+    assert capsys.readouterr().err == "error: jpeg: setting 50.5 must be a whole number\n"
+    assert not (tmp_path / "out").exists()
