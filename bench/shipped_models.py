@@ -21,6 +21,7 @@ import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from imgcomp.checkpoint import CKPTS_DIRNAME, job_id_of, list_checkpoints
+from imgcomp.codecs import mean_measures as codec_means
 from imgcomp.evaluation import read_measures_csv
 from imgcomp.plotting import PAPER_LABEL, load_codec_curves
 
@@ -55,9 +56,7 @@ def mean_measures(job: str, dataset: str) -> tuple[int, float, float, float] | N
     if not path.is_file():
         return None
     measures = read_measures_csv(path)
-    return (len(measures), float(np.mean([m.bpp for m in measures])),
-            float(np.mean([m.ms_ssim for m in measures])),
-            float(np.mean([m.psnr for m in measures])))
+    return (len(measures), *codec_means(measures))
 
 
 def models_table() -> list[str]:
