@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from imgcomp.init import init_weights
+
 # Per-channel statistics of ImageNet used by the original's FIXED normalization.
 _FIXED_MEAN = (121.85369873, 113.58860779, 100.63715363)
 _FIXED_VAR = (4746.37695312, 4454.13964844, 4812.234375)
@@ -28,6 +30,55 @@ def pad_to_multiple(x: torch.Tensor, multiple: int = SUBSAMPLING) -> torch.Tenso
 
 def _bn(channels: int, momentum: float, eps: float) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, momentum=momentum, eps=eps)
+
+
+def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow 'SAME' padding (before, after) of one dimension: the output has
+    ceil(size / stride) positions and the odd pixel of padding goes after."""
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+class Conv2dSame(nn.Conv2d):
+    """Conv2d with TensorFlow's 'SAME' padding (asymmetric for stride 2: 5x5 pads 1 before,
+    2 after), so that weights trained by the original compute the same function."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        top, bottom = _same_pads(x.shape[-2], kh, sh)
+        left, right = _same_pads(x.shape[-1], kw, sw)
+        return super().forward(F.pad(x, (left, right, top, bottom)))
+
+
+class ConvTranspose2dSame(nn.ConvTranspose2d):
+    """ConvTranspose2d with TensorFlow's conv2d_transpose 'SAME' semantics: the output is
+    stride x the input, taken from the full transposed convolution starting at the padding
+    that the matching forward 'SAME' convolution puts before the input."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int,
+                 bias: bool) -> None:
+        before = max(kernel_size - stride, 0) // 2
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding=before,
+                         bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = x.shape[-2] * self.stride[0], x.shape[-1] * self.stride[1]
+        return super().forward(x)[..., :h, :w]
+
+
+def _conv(cin: int, cout: int, kernel: int, stride: int, bias: bool, tf_same: bool
+          ) -> nn.Conv2d:
+    if tf_same:
+        return Conv2dSame(cin, cout, kernel, stride, bias=bias)
+    return nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=bias)
+
+
+def _conv_transpose(cin: int, cout: int, kernel: int, bias: bool, tf_same: bool
+                    ) -> nn.ConvTranspose2d:
+    """Stride-2 transposed conv doubling the size."""
+    if tf_same:
+        return ConvTranspose2dSame(cin, cout, kernel, 2, bias=bias)
+    return nn.ConvTranspose2d(cin, cout, kernel, 2, kernel // 2, output_padding=1, bias=bias)
 
 
 class ResidualBlock(nn.Module):
@@ -101,33 +152,41 @@ def importance_mask(heatmap_logits: Tensor, num_channels: int) -> Tensor:
 
 
 class Encoder(nn.Module):
+    """h1, h2 (5x5 stride 2, BN, ReLU), the residual trunk, and to_bn (5x5 stride 2 to the
+    bottleneck; `out_bn`: BatchNorm and no bias, as the original's slim scope applies its
+    normalizer even without activation)."""
+
     def __init__(self, n: int, num_groups: int, out_channels: int, bn_momentum: float,
-                 bn_eps: float) -> None:
+                 bn_eps: float, tf_same: bool = False, out_bn: bool = False) -> None:
         super().__init__()
         self.head = nn.Sequential(
-            _conv_bn_relu(nn.Conv2d(3, n // 2, 5, 2, 2, bias=False), n // 2, bn_momentum, bn_eps),
-            _conv_bn_relu(nn.Conv2d(n // 2, n, 5, 2, 2, bias=False), n, bn_momentum, bn_eps),
+            _conv_bn_relu(_conv(3, n // 2, 5, 2, False, tf_same), n // 2, bn_momentum, bn_eps),
+            _conv_bn_relu(_conv(n // 2, n, 5, 2, False, tf_same), n, bn_momentum, bn_eps),
         )
         self.trunk = ResidualTrunk(n, num_groups, bn_momentum, bn_eps)
-        self.out = nn.Conv2d(n, out_channels, 5, 2, 2)
+        self.out = _conv(n, out_channels, 5, 2, not out_bn, tf_same)
+        self.out_bn = _bn(out_channels, bn_momentum, bn_eps) if out_bn else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.out(self.trunk(self.head(x)))
+        return self.out_bn(self.out(self.trunk(self.head(x))))
 
 
 class Decoder(nn.Module):
+    """from_bn (3x3 transposed, stride 2), the residual trunk, h12 and h13 (5x5 transposed,
+    stride 2; h13 with BatchNorm and no bias when `out_bn`, as the original)."""
+
     def __init__(self, n: int, num_groups: int, in_channels: int, bn_momentum: float,
-                 bn_eps: float) -> None:
+                 bn_eps: float, tf_same: bool = False, out_bn: bool = False) -> None:
         super().__init__()
-        self.head = _conv_bn_relu(
-            nn.ConvTranspose2d(in_channels, n, 3, 2, 1, output_padding=1, bias=False),
-            n, bn_momentum, bn_eps)
+        self.head = _conv_bn_relu(_conv_transpose(in_channels, n, 3, False, tf_same),
+                                  n, bn_momentum, bn_eps)
         self.trunk = ResidualTrunk(n, num_groups, bn_momentum, bn_eps)
-        self.tail = nn.Sequential(
-            _conv_bn_relu(nn.ConvTranspose2d(n, n // 2, 5, 2, 2, output_padding=1, bias=False),
-                          n // 2, bn_momentum, bn_eps),
-            nn.ConvTranspose2d(n // 2, 3, 5, 2, 2, output_padding=1),
-        )
+        tail = [_conv_bn_relu(_conv_transpose(n, n // 2, 5, False, tf_same),
+                              n // 2, bn_momentum, bn_eps),
+                _conv_transpose(n // 2, 3, 5, not out_bn, tf_same)]
+        if out_bn:
+            tail.append(_bn(3, bn_momentum, bn_eps))
+        self.tail = nn.Sequential(*tail)
 
     def forward(self, q: Tensor) -> Tensor:
         return self.tail(self.trunk(self.head(q)))
@@ -142,14 +201,18 @@ class Autoencoder(nn.Module):
 
     def __init__(self, num_channels: int, n: int = 128, num_groups: int = 5,
                  heatmap: bool = True, normalization: str = "FIXED",
-                 bn_momentum: float = 0.1, bn_eps: float = 1e-5) -> None:
+                 bn_momentum: float = 0.1, bn_eps: float = 1e-5, tf_same_padding: bool = True,
+                 bottleneck_output_bn: bool = True, weight_init: str = "xavier") -> None:
         super().__init__()
         self.num_channels = num_channels
         self.heatmap = heatmap
         self.normalizer = Normalizer(normalization)
         out_channels = num_channels + 1 if heatmap else num_channels
-        self.encoder = Encoder(n, num_groups, out_channels, bn_momentum, bn_eps)
-        self.decoder = Decoder(n, num_groups, num_channels, bn_momentum, bn_eps)
+        self.encoder = Encoder(n, num_groups, out_channels, bn_momentum, bn_eps,
+                               tf_same_padding, bottleneck_output_bn)
+        self.decoder = Decoder(n, num_groups, num_channels, bn_momentum, bn_eps,
+                               tf_same_padding, bottleneck_output_bn)
+        init_weights(self, weight_init)
 
     @classmethod
     def from_config(cls, cfg) -> Autoencoder:
@@ -158,13 +221,20 @@ class Autoencoder(nn.Module):
                              f"got {cfg.arch!r}")
         return cls(cfg.num_chan_bn, n=cfg.arch_param_n, num_groups=cfg.arch_param_B,
                    heatmap=cfg.heatmap, normalization=cfg.normalization,
-                   bn_momentum=cfg.bn_momentum, bn_eps=cfg.bn_eps)
+                   bn_momentum=cfg.bn_momentum, bn_eps=cfg.bn_eps,
+                   tf_same_padding=cfg.tf_same_padding,
+                   bottleneck_output_bn=cfg.bottleneck_output_bn, weight_init=cfg.weight_init)
 
-    def encode(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+    def bottleneck(self, x: Tensor) -> Tensor:
+        """The encoder's output (N, C[+1], H/8, W/8) before masking; channel 0 is the
+        importance map's logit when heatmap is on."""
         if x.shape[-2] % SUBSAMPLING or x.shape[-1] % SUBSAMPLING:
             raise ValueError(f"image size {tuple(x.shape[-2:])} is not a multiple of "
                              f"{SUBSAMPLING}; pad it first")
-        y = self.encoder(self.normalizer.normalize(x))
+        return self.encoder(self.normalizer.normalize(x))
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        y = self.bottleneck(x)
         if not self.heatmap:
             return y, None
         mask = importance_mask(y[:, :1], self.num_channels)

@@ -134,7 +134,7 @@ class ImageCompressor:
     def reconstruct(self, symbols: torch.Tensor, height: int, width: int) -> np.ndarray:
         q = self.model.quantizer.dequantize(symbols.to(self.device)).unsqueeze(0)
         x_hat = self.model.autoencoder.decode(q.contiguous(memory_format=torch.channels_last))
-        x_hat = x_hat[0, :, :height, :width].round().clamp(0, 255).to(torch.uint8)
+        x_hat = self.model.to_uint8(x_hat[0, :, :height, :width])
         return x_hat.permute(1, 2, 0).cpu().numpy()
 
     def encode_symbols(self, symbols: torch.Tensor, height: int, width: int

@@ -6,19 +6,30 @@ files and the flattened configs `ae_config` and `pc_config` they were trained wi
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import io
+import json
 import os
 import re
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from imgcomp.config import Config, config_job_name, config_to_text, load_config
+from imgcomp.convert import (
+    TFLogDirError,
+    configs_from_log_dir_name,
+    is_tf_ckpt_dir,
+    load_tf_codec,
+    tf_variable_map,
+)
 from imgcomp.model import ImageCodec
+from imgcomp.tf_checkpoint import TFCheckpointError, list_tf_checkpoints, read_tf_checkpoint
 
 CKPTS_DIRNAME = "ckpts"
 AE_CONFIG_NAME = "ae_config"
@@ -30,15 +41,37 @@ class CheckpointError(ValueError):
     pass
 
 
+@contextlib.contextmanager
+def _as_checkpoint_error() -> Iterator[None]:
+    """Problems of an original (TF) log dir reach callers as CheckpointError."""
+    try:
+        yield
+    except (TFLogDirError, TFCheckpointError) as e:
+        raise CheckpointError(str(e)) from e
+
+
 def job_id_of(log_dir: str | os.PathLike) -> str:
     """The job id is the log dir name up to the first space (`MMDD_HHMM`, maybe `_N`)."""
     return Path(log_dir).name.split(" ")[0]
 
 
+def restore_suffix(restore_dir: str | os.PathLike) -> str:
+    """`RESTORE@<root>@<job id>` for a log dir made by restoring `restore_dir` (a log dir or
+    its ckpts/), as the original names it: the restored job's log dir root as given, with
+    `/` written as `@`, then its job id; e.g. `logs/0515_1103 a b/ckpts` ->
+    `RESTORE@logs@0515_1103`."""
+    path = Path(restore_dir)
+    log_dir = path.parent if path.name == CKPTS_DIRNAME else path
+    root = "" if str(log_dir.parent) == "." else str(log_dir.parent)
+    return f"RESTORE@{root.replace(os.sep, '@')}@{job_id_of(log_dir)}"
+
+
 def make_log_dir(log_dir_root: str | os.PathLike, ae_config_path: str | os.PathLike,
-                 pc_config_path: str | os.PathLike, now: time.struct_time | None = None) -> Path:
+                 pc_config_path: str | os.PathLike, now: time.struct_time | None = None,
+                 restore_dir: str | os.PathLike | None = None) -> Path:
     """Create `ROOT/MMDD_HHMM ae@name pc@name`; a `_N` suffix keeps the job id unique, also
-    between runs started in the same minute (a lock on ROOT serializes the choice)."""
+    between runs started in the same minute (a lock on ROOT serializes the choice). A run
+    restored from `restore_dir` gets ` RESTORE@<root>@<job id>` appended (restore_suffix)."""
     root = Path(log_dir_root)
     root.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%m%d_%H%M", now or time.localtime())
@@ -50,8 +83,10 @@ def make_log_dir(log_dir_root: str | os.PathLike, ae_config_path: str | os.PathL
         while job_id in taken:
             job_id = f"{stamp}_{n}"
             n += 1
-        log_dir = root / (f"{job_id} {config_job_name(ae_config_path)} "
-                          f"{config_job_name(pc_config_path)}")
+        name = f"{job_id} {config_job_name(ae_config_path)} {config_job_name(pc_config_path)}"
+        if restore_dir is not None:
+            name += " " + restore_suffix(restore_dir)
+        log_dir = root / name
         (log_dir / CKPTS_DIRNAME).mkdir(parents=True)
     finally:
         os.close(root_fd)
@@ -88,18 +123,40 @@ def write_configs(ckpt_dir: Path, ae_cfg: Config, pc_cfg: Config) -> None:
         _atomic_write_bytes(ckpt_dir / name, config_to_text(cfg).encode())
 
 
+# Keys added when the original's graph became the default (README.md, "What differs from
+# the original"): a log dir written before them was trained with these, the port's choices.
+LEGACY_AE_KEYS = {"tf_same_padding": False, "bottleneck_output_bn": False, "weight_init": "torch",
+                  "random_flip": False, "train_ms_ssim": "eval", "adam_epsilon": "torch",
+                  "epoch_steps": "exact", "output_uint8": "round"}
+LEGACY_PC_KEYS = {"logits_relu": False, "objective": "H_real", "weight_init": "torch",
+                  "adam_epsilon": "torch"}
+
+
+def _with_legacy_keys(cfg: Config, legacy: dict[str, Any]) -> Config:
+    return Config({**legacy, **cfg.to_dict()}, cfg.source_path)
+
+
 def read_configs(ckpt_dir: str | os.PathLike) -> tuple[Config, Config]:
+    """The flattened configs of a log dir; keys it predates get the values it was trained
+    with (LEGACY_AE_KEYS, LEGACY_PC_KEYS)."""
     ckpt_dir = ckpt_dir_of(ckpt_dir)
+    if is_tf_ckpt_dir(ckpt_dir):  # the original's log dirs are named after their configs
+        with _as_checkpoint_error():
+            return configs_from_log_dir_name(ckpt_dir.parent)
     missing = [n for n in (AE_CONFIG_NAME, PC_CONFIG_NAME) if not (ckpt_dir / n).is_file()]
     if missing:
         raise CheckpointError(f"{ckpt_dir} has no {' / '.join(missing)}: not a log dir of "
                               "train.py")
-    return load_config(ckpt_dir / AE_CONFIG_NAME), load_config(ckpt_dir / PC_CONFIG_NAME)
+    return (_with_legacy_keys(load_config(ckpt_dir / AE_CONFIG_NAME), LEGACY_AE_KEYS),
+            _with_legacy_keys(load_config(ckpt_dir / PC_CONFIG_NAME), LEGACY_PC_KEYS))
 
 
 def list_checkpoints(ckpt_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     """(step, path) of every checkpoint in the dir, by increasing step."""
     ckpt_dir = ckpt_dir_of(ckpt_dir)
+    if is_tf_ckpt_dir(ckpt_dir):  # written by the original: TF prefixes ckpt-STEP
+        with _as_checkpoint_error():
+            return list_tf_checkpoints(ckpt_dir)
     found = []
     for p in ckpt_dir.iterdir():
         m = _CKPT_RE.match(p.name)
@@ -109,17 +166,18 @@ def list_checkpoints(ckpt_dir: str | os.PathLike) -> list[tuple[int, Path]]:
 
 
 def checkpoint_path(ckpt_dir: str | os.PathLike, step: int = -1) -> Path:
-    """Path of the checkpoint at `step` (-1: the latest)."""
+    """Path of the latest checkpoint with step <= `step` (-1: the latest of all), as the
+    original's --restore_itr."""
     ckpts = list_checkpoints(ckpt_dir)
     if not ckpts:
         raise CheckpointError(f"no checkpoints (ckpt-STEP.pt) in {ckpt_dir_of(ckpt_dir)}")
     if step == -1:
         return ckpts[-1][1]
-    for s, p in ckpts:
-        if s == step:
-            return p
-    raise CheckpointError(f"no checkpoint of step {step} in {ckpt_dir_of(ckpt_dir)}; "
-                          f"available: {', '.join(str(s) for s, _ in ckpts)}")
+    eligible = [p for s, p in ckpts if s <= step]
+    if not eligible:
+        raise CheckpointError(f"no checkpoint of step <= {step} in {ckpt_dir_of(ckpt_dir)}; "
+                              f"available: {', '.join(str(s) for s, _ in ckpts)}")
+    return eligible[-1]
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -136,22 +194,78 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def save_checkpoint(ckpt_dir: Path, step: int, state: dict[str, Any], keep: int = 5) -> Path:
+def save_checkpoint(ckpt_dir: Path, step: int, state: dict[str, Any], keep: int = 5,
+                    keep_every_hours: float | None = None, run_start: float | None = None
+                    ) -> Path:
     """Write `ckpt-STEP.pt` atomically (temp file + rename: a kill never leaves a broken
-    checkpoint), then delete all but the newest `keep` checkpoints."""
+    checkpoint), then prune: keep the newest `keep` checkpoints (0: all) and, with
+    `keep_every_hours`, one every so many hours (see prune_checkpoints)."""
     path = ckpt_dir / f"ckpt-{step}.pt"
     buffer = io.BytesIO()
     torch.save({"step": step, **state}, buffer)
     _atomic_write_bytes(path, buffer.getvalue())
     if keep > 0:
-        for _, old in list_checkpoints(ckpt_dir)[:-keep]:
-            old.unlink(missing_ok=True)
+        prune_checkpoints(ckpt_dir, keep, keep_every_hours, run_start)
     return path
+
+
+PRESERVED_NAME = "preserved.json"
+
+
+def prune_checkpoints(ckpt_dir: Path, keep: int, keep_every_hours: float | None = None,
+                      run_start: float | None = None) -> list[Path]:
+    """Delete the checkpoints that fall out of the window of the newest `keep`, except, with
+    `keep_every_hours` H (the original's --ckpt_interval, TF's keep_checkpoint_every_n_hours),
+    one written >= H hours after the last preserved checkpoint (or after `run_start`, the
+    time.time() the run started, if none was preserved since): it is preserved for good,
+    noted in `ckpts/preserved.json`, and no longer counts in the window. Write times are the
+    files' modification times. Returns the deleted files."""
+    ckpt_dir = ckpt_dir_of(ckpt_dir)
+    if keep_every_hours is not None and run_start is None:
+        raise ValueError("keep_every_hours needs run_start")
+    record = ckpt_dir / PRESERVED_NAME
+    ckpts = list_checkpoints(ckpt_dir)
+    steps = {s for s, _ in ckpts}
+    try:
+        recorded = {int(s): float(t) for s, t in json.loads(record.read_text()).items()}
+    except (OSError, ValueError, AttributeError):
+        recorded = {}  # no record yet, or unreadable: nothing preserved so far
+    # Without the rule (imgcomp.ship), preserved checkpoints are pruned like the others.
+    preserved = ({s: t for s, t in recorded.items() if s in steps}
+                 if keep_every_hours is not None else {})
+    anchor = max([run_start or 0.0, *preserved.values()])
+    deleted = []
+    window = [(s, p) for s, p in ckpts if s not in preserved]
+    for step, old in window[:-keep]:  # oldest first
+        written = old.stat().st_mtime if old.is_file() else 0.0
+        if keep_every_hours is not None and written >= anchor + keep_every_hours * 3600:
+            preserved[step] = anchor = written
+            continue
+        old.unlink(missing_ok=True)
+        deleted.append(old)
+    if preserved != recorded:
+        if preserved:
+            _atomic_write_bytes(record, json.dumps(
+                {str(s): t for s, t in sorted(preserved.items())}, indent=1).encode())
+        else:
+            record.unlink(missing_ok=True)
+    return deleted
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"
                     ) -> dict[str, Any]:
-    """Load a checkpoint with weights_only=True (no arbitrary code from pickles)."""
+    """Load a checkpoint with weights_only=True (no arbitrary code from pickles). A TF
+    checkpoint of the original (a `ckpt-STEP` prefix) gives its step and its weights in our
+    names, without the original's optimizer states."""
+    path = Path(path)
+    if path.with_name(path.name + ".index").is_file():
+        with _as_checkpoint_error():
+            log_dir = path.parent.parent
+            model = load_tf_codec(log_dir, path)
+            step = read_tf_checkpoint(path, ["global_step"])["global_step"]
+            num_groups = configs_from_log_dir_name(log_dir)[0].arch_param_B
+        tf_names = {ours: tf for ours, tf, _ in tf_variable_map(num_groups)}
+        return {"step": int(step), "model": model.state_dict(), "tf_names": tf_names}
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many kinds on truncated/corrupt files
@@ -163,8 +277,7 @@ def load_codec(ckpt_dir: str | os.PathLike, step: int = -1,
     """The model of a log dir's checkpoint at `step`, in eval mode."""
     ae_cfg, pc_cfg = read_configs(ckpt_dir)
     model = ImageCodec.from_configs(ae_cfg, pc_cfg)
-    state = load_checkpoint(checkpoint_path(ckpt_dir, step), device)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(load_checkpoint(checkpoint_path(ckpt_dir, step), device)["model"])
     # channels_last runs the large-image convolutions of inference ~1.4x faster on CPU.
     model.autoencoder.to(memory_format=torch.channels_last)
     return model.to(device).eval()

@@ -167,7 +167,7 @@ class IntegerContextModel:
             _integer_layer(probclass.conv_in, False, relu=True),
             _integer_layer(probclass.res_conv1, True, relu=True),
             _integer_layer(probclass.res_conv2, True, relu=False),
-            _integer_layer(probclass.conv_out, True, relu=False),
+            _integer_layer(probclass.conv_out, True, relu=probclass.logits_relu),
         ]
         self.skip_from, self.skip_to = 0, 2  # residual: layer 3's output += layer 1's output
         half = probclass.kernel_size // 2

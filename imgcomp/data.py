@@ -136,8 +136,10 @@ def _crop(
     rng: np.random.Generator | None,
     name: str,
     warned: set[str],
+    flip: bool = False,
 ) -> np.ndarray:
-    """Random crop if `rng` is given, else centre crop; pads small images by edge replication."""
+    """Random crop (and with `flip` a random left-right flip) if `rng` is given, else centre
+    crop; pads small images by edge replication."""
     h, w = img.shape[:2]
     ch, cw = crop_hw
     if h < ch or w < cw:
@@ -154,7 +156,10 @@ def _crop(
         y, x = (h - ch) // 2, (w - cw) // 2
     else:
         y, x = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
-    return np.ascontiguousarray(img[y : y + ch, x : x + cw])
+    crop = img[y : y + ch, x : x + cw]
+    if flip and rng is not None and rng.random() < 0.5:  # left-right, as the original
+        crop = crop[:, ::-1]
+    return np.ascontiguousarray(crop)
 
 
 def _collate(crops: list[np.ndarray]) -> torch.Tensor:
@@ -166,11 +171,13 @@ def _collate(crops: list[np.ndarray]) -> torch.Tensor:
 class _ImageFileDataset(Dataset):
     """Crops of image files; items are keyed by (index, epoch) to make crops reproducible."""
 
-    def __init__(self, paths: list[Path], crop_hw: tuple[int, int], train: bool, seed: int):
+    def __init__(self, paths: list[Path], crop_hw: tuple[int, int], train: bool, seed: int,
+                 flip: bool = False):
         self.paths = paths
         self.crop_hw = crop_hw
         self.train = train
         self.seed = seed
+        self.flip = flip
         # Per process: every worker warns once about each bad or small file.
         self._bad: set[int] = set()
         self._warned: set[str] = set()
@@ -178,8 +185,8 @@ class _ImageFileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, key: tuple[int, int]) -> np.ndarray:
-        index, epoch = key
+    def __getitem__(self, key: tuple[int, int, int]) -> np.ndarray:
+        index, epoch, repeat = key
         n = len(self.paths)
         # An unreadable file is replaced by the next readable one, so batches stay full.
         for candidate in ((index + k) % n for k in range(n)):
@@ -191,42 +198,52 @@ class _ImageFileDataset(Dataset):
                 self._bad.add(candidate)
                 warnings.warn(f"{exc}; skipping it", DataWarning, stacklevel=2)
                 continue
-            rng = np.random.default_rng((self.seed, epoch, index)) if self.train else None
-            return _crop(img, self.crop_hw, rng, str(self.paths[candidate]), self._warned)
+            seed = (self.seed, epoch, index) + ((repeat,) if repeat else ())
+            rng = np.random.default_rng(seed) if self.train else None
+            return _crop(img, self.crop_hw, rng, str(self.paths[candidate]), self._warned,
+                         self.flip)
         raise DatasetError(f"none of the {n} image files can be read (first: {self.paths[0]})")
 
 
-class _EpochSampler(Sampler[tuple[int, int]]):
-    """Yields (index, epoch) pairs for one rank.
+class _EpochSampler(Sampler[tuple[int, int, int]]):
+    """Yields (index, epoch, repeat) keys for one rank.
 
     Train: a fresh permutation per epoch, cut to an equal share per rank (like
-    DistributedSampler with drop_last) so that DDP ranks run the same number of steps.
+    DistributedSampler with drop_last) so that DDP ranks run the same number of steps. A set
+    too small for `min_items` per rank is drawn again (repeat 1, 2, ...: other crops), as the
+    original's input queue repeats images to fill a batch.
     Test: every world_size-th image in file order.
     """
 
-    def __init__(self, num_items: int, *, shuffle: bool, seed: int, rank: int, world_size: int):
+    def __init__(self, num_items: int, *, shuffle: bool, seed: int, rank: int, world_size: int,
+                 min_items: int = 0):
         self.num_items = num_items
         self.shuffle = shuffle
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.min_items = min_items
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _indices(self) -> np.ndarray:
+    def _keys(self) -> list[tuple[int, int, int]]:
         if not self.shuffle:
-            return np.arange(self.rank, self.num_items, self.world_size)
-        order = np.random.default_rng((self.seed, self.epoch)).permutation(self.num_items)
-        share = self.num_items // self.world_size
-        return order[self.rank : share * self.world_size : self.world_size]
+            return [(i, self.epoch, 0) for i in range(self.rank, self.num_items, self.world_size)]
+        rng = np.random.default_rng((self.seed, self.epoch))
+        orders = [rng.permutation(self.num_items)]
+        while len(orders) * self.num_items // self.world_size < self.min_items:
+            orders.append(rng.permutation(self.num_items))
+        keys = [(int(i), self.epoch, r) for r, order in enumerate(orders) for i in order]
+        share = len(keys) // self.world_size
+        return keys[self.rank : share * self.world_size : self.world_size]
 
     def __len__(self) -> int:
-        return len(self._indices())
+        return len(self._keys())
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        return ((int(i), self.epoch) for i in self._indices())
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        return iter(self._keys())
 
 
 # A part of a TFRecord file: records whose index i satisfies i % step == offset.
@@ -266,10 +283,16 @@ class _RecordDataset(IterableDataset):
         rank: int,
         world_size: int,
         feature_key: str = FEATURE_KEY,
+        flip: bool = False,
+        min_items: int = 0,
     ):
         self.files = files
         self.crop_hw = crop_hw
         self.train = train
+        self.flip = flip
+        # Crops per epoch at least (passes repeat when the records are fewer), as the
+        # original's input queue repeats images to fill a batch.
+        self.min_items = min_items
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
@@ -320,16 +343,22 @@ class _RecordDataset(IterableDataset):
         worker_id, num_workers = (info.id, info.num_workers) if info else (0, 1)
         epoch = int(self._epoch)
         rng = np.random.default_rng((self.seed, epoch, self.rank, worker_id))
-        records = self._records(self._shards(epoch, worker_id, num_workers))
-        if self.train:
-            records = _shuffle_buffer(records, rng, SHUFFLE_BUFFER_SIZE)
-        for name, data in records:
-            try:
-                img = load_image_rgb(data, name=name)
-            except ImageReadError as exc:
-                self._skip(name, str(exc))
-                continue
-            yield _crop(img, self.crop_hw, rng if self.train else None, name, self._warned)
+        count = 0
+        while True:
+            records = self._records(self._shards(epoch, worker_id, num_workers))
+            if self.train:
+                records = _shuffle_buffer(records, rng, SHUFFLE_BUFFER_SIZE)
+            for name, data in records:
+                try:
+                    img = load_image_rgb(data, name=name)
+                except ImageReadError as exc:
+                    self._skip(name, str(exc))
+                    continue
+                count += 1
+                yield _crop(img, self.crop_hw, rng if self.train else None, name,
+                            self._warned, self.flip)
+            if count == 0 or count >= self.min_items:
+                return
 
 
 class EpochDataLoader(DataLoader):
@@ -393,6 +422,7 @@ def make_loader(
     seed: int = 0,
     rank: int = 0,
     world_size: int = 1,
+    flip: bool = False,
 ) -> tuple[EpochDataLoader, int]:
     """A loader of float32 N x 3 x H x W batches in [0, 255], and the number of images.
 
@@ -400,7 +430,8 @@ def make_loader(
     every iteration (``loader.set_epoch(e)`` picks the next one, e.g. when resuming).
     train=False: centre crops in file order, last batch may be smaller.
     rank/world_size: this rank's disjoint part of the data. The image count is that of the
-    whole dataset, not of this rank's part.
+    whole dataset, not of this rank's part. flip: random left-right flips of training crops.
+    A training set with fewer images than a batch per rank repeats them (other crops).
     """
     crop_hw = (int(crop_size[0]), int(crop_size[1]))
     if min(crop_hw) < 1 or batch_size < 1 or num_workers < 0 or seed < 0:
@@ -420,25 +451,22 @@ def make_loader(
                 f"dataset {spec!r}: the files {files[0].parent}/*.tfrecord are empty"
             )
         dataset = _RecordDataset(
-            files, crop_hw, train=train, seed=seed, rank=rank, world_size=world_size
+            files, crop_hw, train=train, seed=seed, rank=rank, world_size=world_size,
+            flip=flip, min_items=batch_size if train else 0,
         )
         epoch_target: _EpochSampler | _RecordDataset = dataset
         sampler = None
         if train:
             # Each worker batches its own part of the records (drop_last): a worker with
             # fewer records than a batch would yield nothing.
-            num_workers = min(num_workers, num_images // world_size // batch_size)
+            num_workers = max(min(num_workers, num_images // world_size // batch_size), 0)
     else:
         paths = resolve_image_paths(spec)
         num_images = len(paths)
-        dataset = _ImageFileDataset(paths, crop_hw, train, seed)
+        dataset = _ImageFileDataset(paths, crop_hw, train, seed, flip)
         sampler = epoch_target = _EpochSampler(
-            num_images, shuffle=train, seed=seed, rank=rank, world_size=world_size
-        )
-    if train and num_images // world_size < batch_size:
-        raise DatasetError(
-            f"dataset {spec!r} has {num_images} images, too few for batches of {batch_size} "
-            f"on {world_size} rank(s)"
+            num_images, shuffle=train, seed=seed, rank=rank, world_size=world_size,
+            min_items=batch_size if train else 0,
         )
 
     loader = EpochDataLoader(

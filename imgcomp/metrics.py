@@ -33,12 +33,36 @@ def _gaussian_1d(size: int, sigma: float, device: torch.device, dtype: torch.dty
     return g / g.sum()
 
 
-def _ssim_cs_maps(x: Tensor, y: Tensor, max_val: float) -> tuple[Tensor, Tensor]:
-    """SSIM and contrast-structure maps (VALID filtering), each N x C x H' x W'."""
-    _, c, h, w = x.shape
+def _window(h: int, w: int, definition: str, device: torch.device, dtype: torch.dtype
+            ) -> tuple[Tensor, int, int]:
+    """The 1-D Gaussian window of a scale and the reflect padding (before, after) it needs.
+
+    'eval' (the original's ms_ssim_np.py): `size` taps. 'graph' (its training graph,
+    ms_ssim.py): 2 * (size // 2) + 1 taps at integer offsets, so one more at even sizes, and
+    when that exceeds the image the image is reflect-padded by the excess before (and half of
+    it after: the original computes `total + 1 // 2`, i.e. `total`)."""
     size = min(_FILTER_SIZE, h, w)
     sigma = size * _FILTER_SIGMA / _FILTER_SIZE
-    g = _gaussian_1d(size, sigma, x.device, x.dtype)
+    if definition == "eval":
+        return _gaussian_1d(size, sigma, device, dtype), 0, 0
+    if definition != "graph":
+        raise ValueError(f"MS-SSIM definition must be eval or graph, got {definition!r}")
+    taps = 2 * (size // 2) + 1
+    coords = torch.arange(taps, device=device, dtype=dtype) - size // 2
+    g = torch.exp(-(coords**2) / (2.0 * sigma**2))
+    excess = max(taps - min(h, w), 0)
+    return g / g.sum(), excess, excess // 2
+
+
+def _ssim_cs_maps(x: Tensor, y: Tensor, max_val: float, definition: str
+                  ) -> tuple[Tensor, Tensor]:
+    """SSIM and contrast-structure maps (VALID filtering), each N x C x H' x W'."""
+    _, c, h, w = x.shape
+    g, before, after = _window(h, w, definition, x.device, x.dtype)
+    if before or after:
+        x = F.pad(x, (before, after, before, after), mode="reflect")
+        y = F.pad(y, (before, after, before, after), mode="reflect")
+    size = g.numel()
     # All five moments go through one grouped conv pair, which is much faster than five.
     stacked = torch.cat([x, y, x * x, y * y, x * y], dim=1)
     groups = 5 * c
@@ -59,20 +83,27 @@ def _ssim_cs_maps(x: Tensor, y: Tensor, max_val: float) -> tuple[Tensor, Tensor]
     return ssim, cs
 
 
-def _downsample(x: Tensor) -> Tensor:
-    # Mean of each 2x2 block; an odd last row/column is averaged with itself (the original's
-    # scipy convolve(ones((2,2))/4, mode='reflect')[::2, ::2]), so the size becomes ceil(s/2).
+def _downsample(x: Tensor, definition: str) -> Tensor:
+    """Mean of each 2x2 block; the size becomes ceil(s/2). An odd last row/column is averaged
+    with itself in 'eval' (scipy's convolve(mode='reflect')) and with its neighbour in 'graph'
+    (TensorFlow's REFLECT padding)."""
     _, _, h, w = x.shape
+    if definition == "graph":
+        x = F.pad(x, (0, 1, 0, 1), mode="reflect")
+        return F.avg_pool2d(x, kernel_size=2, stride=1)[..., ::2, ::2]
     if h % 2 or w % 2:
         x = F.pad(x, (0, w % 2, 0, h % 2), mode="replicate")
     return F.avg_pool2d(x, kernel_size=2, stride=2)
 
 
-def ms_ssim(x: Tensor, y: Tensor, *, max_val: float = 255.0, reduce_batch: bool = True) -> Tensor:
+def ms_ssim(x: Tensor, y: Tensor, *, max_val: float = 255.0, reduce_batch: bool = True,
+            definition: str = "eval") -> Tensor:
     """Multi-scale SSIM of N x C x H x W images in [0, max_val] (differentiable).
 
     reduce_batch=True gives one scalar, averaging each scale's term over the batch too (the
-    original's training loss); False gives N values, one per image.
+    original's training loss); False gives N values, one per image. `definition`: 'eval'
+    (the original's val.py, the project's evaluation numbers) or 'graph' (the original's
+    training graph, which differs at scales smaller than 11 px and at odd sizes).
     """
     if x.shape != y.shape or x.dim() != 4:
         raise ValueError(
@@ -82,12 +113,12 @@ def ms_ssim(x: Tensor, y: Tensor, *, max_val: float = 255.0, reduce_batch: bool 
     last = len(MS_SSIM_WEIGHTS) - 1
     terms = []
     for j, weight in enumerate(MS_SSIM_WEIGHTS):
-        ssim_map, cs_map = _ssim_cs_maps(x, y, max_val)
+        ssim_map, cs_map = _ssim_cs_maps(x, y, max_val, definition)
         # Contrast-structure at the finer scales, full SSIM only at the coarsest.
         mean = (ssim_map if j == last else cs_map).mean(dim=dims)
         terms.append(mean.clamp_min(_MIN_MEAN) ** weight)
         if j < last:
-            x, y = _downsample(x), _downsample(y)
+            x, y = _downsample(x, definition), _downsample(y, definition)
     return torch.stack(terms).prod(dim=0)
 
 

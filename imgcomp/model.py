@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import torch
 from torch import Tensor, nn
 
 from imgcomp.autoencoder import Autoencoder
@@ -23,22 +24,35 @@ class ImageCodec(nn.Module):
 
     Training decodes qbar (hard forward, soft gradient); eval mode decodes qhard. The
     probability classifier sees the quantized volume with gradients stopped, as the original.
+    Its padding is the first centre; with `pad_gradient` (the original) the rate reaches that
+    centre through the padding, otherwise the padding is a constant.
     """
 
     def __init__(self, autoencoder: Autoencoder, quantizer: Quantizer,
-                 probclass: ProbClassifier, use_centers_for_padding: bool = True) -> None:
+                 probclass: ProbClassifier, use_centers_for_padding: bool = True,
+                 output_uint8: str = "truncate") -> None:
         super().__init__()
+        if output_uint8 not in ("truncate", "round"):
+            raise ValueError(f"output_uint8 must be truncate or round, got {output_uint8!r}")
         self.autoencoder = autoencoder
         self.quantizer = quantizer
         self.probclass = probclass
         self.use_centers_for_padding = use_centers_for_padding
+        self.output_uint8 = output_uint8
 
     @classmethod
     def from_configs(cls, ae_cfg, pc_cfg) -> ImageCodec:
         quantizer = Quantizer.from_config(ae_cfg)
         return cls(Autoencoder.from_config(ae_cfg), quantizer,
                    ProbClassifier.from_config(pc_cfg, quantizer.num_centers),
-                   pc_cfg.use_centers_for_padding)
+                   pc_cfg.use_centers_for_padding, ae_cfg.output_uint8)
+
+    def to_uint8(self, x_hat: Tensor) -> Tensor:
+        """A reconstruction in [0, 255] as uint8: truncated as the original's val.py casts
+        it, or rounded to the nearest level."""
+        if self.output_uint8 == "round":
+            x_hat = x_hat.round()
+        return x_hat.clamp(0, 255).to(torch.uint8)
 
     def pad_value(self) -> float:
         """Value of the padding around the symbol volume: centres[0] (or 0)."""

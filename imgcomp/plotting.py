@@ -1,5 +1,5 @@
 """plotter.py: the rate-distortion plot (bpp vs MS-SSIM or PSNR) of validated jobs, against
-classical codecs and the paper's Fig. 1 curve, plus a BD-rate table.
+classical codecs and (--paper_plot) the paper's Fig. 1 curve, plus a BD-rate table.
 
 Inputs: `LOG_DIR_ROOT/<JOB_ID> <DATASET>/measures.csv` per job (written by val.py; each job is
 one operating point) and `OTHER_CODECS_ROOT/<DATASET>/<codec>/<quality>/measures.csv` per codec
@@ -51,9 +51,15 @@ BD_METHOD = "akima"
 BD_MIN_POINTS = 2
 BD_CSV_HEADER = ("anchor", "bd_rate_percent", "metric", "note")
 INTERP_GRID_POINTS = 100
-MS_SSIM_DEFAULT_Y = (0.85, 1.0)  # the original's default
+# The original's defaults: --x_range 0,1.2 --y_range 0.85,1.0 (its plot was MS-SSIM only),
+# --style interp, output plot_<TITLE>.png with TITLE from its TITLES (plot_Kodak.png).
+DEFAULT_X_RANGE = (0.0, 1.2)
+MS_SSIM_DEFAULT_Y = (0.85, 1.0)
+DEFAULT_STYLE = ("interp",)
+TITLES = {"u100": "Urban100", "b100": "B100", "rf100": "ImageNetVal", "kodak": "Kodak",
+          "testset": "TestSet"}
 
-# Normal figure: screen-sized, with a title. --paper_plot: a small fixed-size figure with
+# Normal figure: screen-sized, with a title. --paper_figure: a small fixed-size figure with
 # larger fonts relative to it, no title, tight bounding box, 300 dpi for raster output and
 # TrueType (not Type 3) fonts in PDFs, which publishers ask for.
 NORMAL_FIGSIZE, NORMAL_DPI = (8.0, 6.0), 120
@@ -327,47 +333,62 @@ def _tex_escape(text: str) -> str:
     return out
 
 
-def default_x_range(ours: Sequence[Curve], paper: Curve | None) -> tuple[float, float]:
-    """0 to 10 % beyond our largest bpp (or the paper's, if drawn); codecs may be clipped."""
-    top = max(float(c.bpp.max()) for c in [*ours, *([paper] if paper else [])])
-    return 0.0, 1.1 * top
+def default_output(dataset: str) -> str:
+    """plot_<TITLE>.png as the original: plot_Kodak.png for kodak; other names as they are."""
+    return f"plot_{TITLES.get(dataset, dataset)}.png"
 
 
-def default_y_range(metric: str, points: Curve, curves: Sequence[Curve],
+def default_y_range(metric: str, curves: Sequence[Curve],
                     x_range: tuple[float, float]) -> tuple[float, float]:
-    """MS-SSIM: the original's 0.85..1, lowered if our points are below it. Otherwise the
-    range of the points inside x_range, padded by 5 %."""
+    """MS-SSIM: the original's 0.85..1. Otherwise the range of the curves' points inside
+    x_range, padded by 5 %."""
     if metric == "ms-ssim":
-        return min(MS_SSIM_DEFAULT_Y[0], float(points.metric.min()) - 0.01), MS_SSIM_DEFAULT_Y[1]
+        return MS_SSIM_DEFAULT_Y
     ys = np.concatenate([c.metric[(c.bpp >= x_range[0]) & (c.bpp <= x_range[1])]
                          for c in curves])
+    if not len(ys):
+        ys = np.concatenate([c.metric for c in curves])
     lo, hi = float(ys.min()), float(ys.max())
     pad = 0.05 * (hi - lo) if hi > lo else 0.5
     return lo - pad, hi + pad
 
 
+def points_outside(points: Curve, x_range: tuple[float, float],
+                   y_range: tuple[float, float]) -> list[str]:
+    """Labels of our points that the axis ranges leave out of the plot."""
+    out = []
+    for i, (b, v) in enumerate(zip(points.bpp, points.metric, strict=True)):
+        if not (x_range[0] <= b <= x_range[1] and y_range[0] <= v <= y_range[1]):
+            label = points.point_labels[i] if points.point_labels else f"{b:.3f}"
+            out.append(f"{label} ({b:.3f} bpp, {v:.4g})")
+    return out
+
+
 def plot_rd(path: Path, line: Curve, points: Curve, codecs: Sequence[Curve],
             paper: Curve | None, *, metric: str, title: str, x_range: tuple[float, float],
-            y_range: tuple[float, float], paper_plot: bool, usetex: bool) -> None:
-    """Draw and save the plot; the file type follows path's extension."""
+            y_range: tuple[float, float], paper_figure: bool, usetex: bool,
+            show_points: bool = True) -> None:
+    """Draw and save the plot; the file type follows path's extension. `line` is our curve;
+    `points` (our jobs' mean points, labelled) are drawn if show_points."""
     text = _tex_escape if usetex else str
-    rc = {**(PAPER_RC if paper_plot else NORMAL_RC), "text.usetex": usetex}
+    rc = {**(PAPER_RC if paper_figure else NORMAL_RC), "text.usetex": usetex}
     # Text objects read usetex when created and when drawn, so build and save inside the
     # context. Figure + Agg canvas: no pyplot state, no display needed.
     with matplotlib.rc_context(rc):
-        fig = Figure(figsize=PAPER_FIGSIZE if paper_plot else NORMAL_FIGSIZE)
+        fig = Figure(figsize=PAPER_FIGSIZE if paper_figure else NORMAL_FIGSIZE)
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
         ax.plot(line.bpp, line.metric, color="tab:red", linewidth=2.0, zorder=5,
                 label=text(line.label))
-        ax.plot(points.bpp, points.metric, linestyle="none", marker="o", color="tab:red",
-                markersize=6, zorder=6)
-        for x, y, label in zip(points.bpp, points.metric, points.point_labels, strict=True):
-            # Above-left of the point on a faint white box: stays readable over other curves.
-            ax.annotate(text(label), (x, y), xytext=(-5, 5), textcoords="offset points",
-                        ha="right", va="bottom", fontsize="small", color="tab:red", zorder=7,
-                        bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none",
-                              "alpha": 0.7})
+        if show_points:
+            ax.plot(points.bpp, points.metric, linestyle="none", marker="o", color="tab:red",
+                    markersize=6, zorder=6)
+            for x, y, label in zip(points.bpp, points.metric, points.point_labels, strict=True):
+                # Above-left of the point on a faint white box: readable over other curves.
+                ax.annotate(text(label), (x, y), xytext=(-5, 5), textcoords="offset points",
+                            ha="right", va="bottom", fontsize="small", color="tab:red",
+                            zorder=7, bbox={"boxstyle": "round,pad=0.1", "fc": "white",
+                                            "ec": "none", "alpha": 0.7})
         if paper is not None:
             ax.plot(paper.bpp, paper.metric, color="black", linestyle="--", linewidth=1.5,
                     label=text(paper.label), zorder=4)
@@ -381,7 +402,7 @@ def plot_rd(path: Path, line: Curve, points: Curve, codecs: Sequence[Curve],
         ax.set_ylabel(text(METRIC_LABELS[metric]))
         ax.grid(True, alpha=0.3)
         ax.legend(loc="lower right")
-        if paper_plot:
+        if paper_figure:
             fig.savefig(path, dpi=PAPER_DPI, bbox_inches="tight", pad_inches=0.02)
         else:
             ax.set_title(text(title))
@@ -390,39 +411,49 @@ def plot_rd(path: Path, line: Curve, points: Curve, codecs: Sequence[Curve],
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The original plotter.py's flags (names, defaults, meaning) and, apart, the port's."""
     p = argparse.ArgumentParser(
         prog="plotter.py",
         description="Rate-distortion plot of validated jobs (val.py's measures.csv) against "
-                    "classical codecs and the paper's Fig. 1 curve, with a BD-rate table "
-                    "(printed, and written beside the plot as <plot>_bdrate.csv).")
+                    "classical codecs (and with --paper_plot the paper's Fig. 1 curve), with a "
+                    "BD-rate table (printed, and written beside the plot as "
+                    "<plot>_bdrate.csv).")
     p.add_argument("log_dir_root", help="folder holding the '<JOB_ID> <DATASET>' result folders")
     p.add_argument("job_ids", help="comma separated job ids (MMDD_HHMM); one operating "
                                    "point each")
     p.add_argument("dataset", help="dataset name as val.py wrote it, e.g. kodak")
-    p.add_argument("--style", choices=("interp", "mean"), default="mean",
-                   help="mean: our curve through the jobs' mean (bpp, metric) points; interp: "
-                        "per image, interpolate its curve across the jobs onto a common bpp "
-                        "grid, then average over images (needs >= 2 jobs). Default: mean")
-    p.add_argument("--ids", nargs="+", metavar="LABEL",
-                   help="labels for the jobs' points, one per job (default: the job ids)")
+    p.add_argument("--x_range", metavar="A,B", default="0,1.2",
+                   help="bpp axis range (default 0,1.2)")
+    p.add_argument("--y_range", metavar="A,B",
+                   help="metric axis range (default 0.85,1.0 for MS-SSIM; auto for PSNR)")
     p.add_argument("--latex", action="store_true",
                    help="render text with LaTeX if a latex binary is found")
-    p.add_argument("--x_range", metavar="A,B", help="bpp axis range (default: 0 to 10%% "
-                                                    "beyond our / the paper's largest bpp)")
-    p.add_argument("--y_range", metavar="A,B",
-                   help="metric axis range (default: 0.85,1 for MS-SSIM, else auto)")
-    p.add_argument("-o", "--output", metavar="PATH",
-                   help="plot file; type from its extension (default: plot_<DATASET>.png)")
+    p.add_argument("--output_path", "-o", "--output", dest="output", metavar="PATH",
+                   help="plot file; type from its extension (default plot_<TITLE>.png: "
+                        "plot_Kodak.png for kodak, else plot_<DATASET>.png)")
+    p.add_argument("--style", nargs="+", choices=("interp", "mean"),
+                   default=list(DEFAULT_STYLE), metavar="{interp,mean}",
+                   help="interp (default): our curve is, per image, its curve across the jobs "
+                        "interpolated onto a common bpp grid, averaged over images (needs >= 2 "
+                        "jobs); mean: our jobs' mean (bpp, metric) points, labelled (--ids); "
+                        "both: '--style interp mean'")
     p.add_argument("--paper_plot", action="store_true",
-                   help="paper figure: 5x3.75 in, larger fonts, no title, tight bounding "
-                        "box, 300 dpi, TrueType fonts in PDF")
-    p.add_argument("--metric", choices=tuple(METRIC_ATTRS), default="ms-ssim",
-                   help="distortion metric (default: ms-ssim; the paper's curve only there)")
-    p.add_argument("--other_codecs_root", metavar="DIR",
-                   help="holds <DATASET>/<codec>/<quality>/measures.csv (default: "
-                        f"$OTHER_CODECS_ROOT, else {DEFAULT_OTHER_CODECS_ROOT}/)")
-    p.add_argument("--codecs", metavar="A,B", help="comma separated codecs to draw "
-                                                   "(default: every codec folder found)")
+                   help="add the paper's Fig. 1 curve (MS-SSIM on Kodak) and the BD-rate "
+                        "against it")
+    p.add_argument("--ids", nargs="+", metavar="LABEL",
+                   help="labels of the jobs' mean points, in the order of JOB_IDS (jobs "
+                        "without one: their job id)")
+    port = p.add_argument_group("flags of the port only")
+    port.add_argument("--paper_figure", action="store_true",
+                      help="figure for a paper: 5x3.75 in, larger fonts, no title, tight "
+                           "bounding box, 300 dpi, TrueType fonts in PDF")
+    port.add_argument("--metric", choices=tuple(METRIC_ATTRS), default="ms-ssim",
+                      help="distortion metric (default: ms-ssim; the paper's curve only there)")
+    port.add_argument("--other_codecs_root", metavar="DIR",
+                      help="holds <DATASET>/<codec>/<quality>/measures.csv (default: "
+                           f"$OTHER_CODECS_ROOT, else {DEFAULT_OTHER_CODECS_ROOT}/)")
+    port.add_argument("--codecs", metavar="A,B", help="comma separated codecs to draw "
+                                                      "(default: every codec folder found)")
     return p
 
 
@@ -434,13 +465,17 @@ def _run(args: argparse.Namespace) -> int:
     log_dir_root = Path(args.log_dir_root)
     if not log_dir_root.is_dir():
         raise PlotError(f"LOG_DIR_ROOT {log_dir_root} is not a directory")
+    if ";" in args.job_ids:
+        raise PlotError("JOB_IDS with ';' (several curves of ours, as the original drew them) "
+                        "is not supported: plot each group of jobs separately")
     job_ids = _split_list(args.job_ids)
     if not job_ids:
         raise PlotError("no job ids given")
-    labels = args.ids or job_ids
-    if len(labels) != len(job_ids):
-        raise PlotError(f"--ids gives {len(labels)} label(s) for {len(job_ids)} job(s)")
-    x_range = parse_range(args.x_range, "--x_range") if args.x_range else None
+    ids = args.ids or []
+    if len(ids) > len(job_ids):
+        raise PlotError(f"--ids gives {len(ids)} label(s) for {len(job_ids)} job(s)")
+    labels = [*ids, *job_ids[len(ids):]]
+    x_range = parse_range(args.x_range, "--x_range")
     y_range = parse_range(args.y_range, "--y_range") if args.y_range else None
     usetex = False
     if args.latex:
@@ -450,7 +485,11 @@ def _run(args: argparse.Namespace) -> int:
 
     jobs = [load_job_measures(log_dir_root, j, args.dataset) for j in job_ids]
     points = job_points(jobs, labels, args.metric)
-    line, style = our_line(jobs, points, args.metric, args.style)
+    styles = set(args.style)
+    line, style = our_line(jobs, points, args.metric, "interp" if "interp" in styles else "mean")
+    show_points = "mean" in styles or style == "mean"
+    if show_points and style == "interp":
+        style = "interp+mean"
     for label, job_id, job in zip(labels, job_ids, jobs, strict=True):
         b, v = mean_point(job, args.metric)
         print(f"{label} ({job_id}): {len(job)} images, bpp {b:.4f}, {args.metric} {v:.4f}")
@@ -464,17 +503,25 @@ def _run(args: argparse.Namespace) -> int:
     our_images = {m.img_name for job in jobs for m in job}
     codecs = load_codec_curves(codecs_root, args.dataset, args.metric,
                                _split_list(args.codecs) if args.codecs else None, our_images)
-    paper = paper_curve() if args.metric == "ms-ssim" else None
+    paper = None
+    if args.paper_plot:
+        if args.metric == "ms-ssim":
+            paper = paper_curve()
+        else:
+            warn("--paper_plot: the paper's Fig. 1 curve is MS-SSIM only; not drawn")
 
-    x_range = x_range or default_x_range([points, line], paper)
     all_curves = [points, line, *codecs, *([paper] if paper else [])]
-    y_range = y_range or default_y_range(args.metric, points, all_curves, x_range)
-    out = Path(args.output or f"plot_{args.dataset}.png")
+    y_range = y_range or default_y_range(args.metric, all_curves, x_range)
+    outside = points_outside(points, x_range, y_range)
+    if outside:
+        warn(f"our point(s) {', '.join(outside)} lie outside the plot (x {x_range[0]:g}.."
+             f"{x_range[1]:g}, y {y_range[0]:g}..{y_range[1]:g}); see --x_range, --y_range")
+    out = Path(args.output or default_output(args.dataset))
     out.parent.mkdir(parents=True, exist_ok=True)
     title = (f"{args.dataset}: {METRIC_LABELS[args.metric]} vs bpp "
              f"({len(jobs)} job(s), style {style})")
     plot_kwargs = dict(metric=args.metric, title=title, x_range=x_range, y_range=y_range,
-                       paper_plot=args.paper_plot)
+                       paper_figure=args.paper_figure, show_points=show_points)
     try:
         plot_rd(out, line, points, codecs, paper, usetex=usetex, **plot_kwargs)
     except Exception as e:  # any failure of the LaTeX toolchain: retry without it

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from imgcomp.init import init_weights
+
 
 def causal_mask(kernel_size: int, include_centre: bool) -> Tensor:
     """(D, K, K) mask, D = K//2+1: earlier depth slices all ones; in the last slice, rows above
@@ -40,26 +42,32 @@ class MaskedConv3d(nn.Conv3d):
 
 class ProbClassifier(nn.Module):
     """conv(first mask) + ReLU, one residual block of two convs (other mask, ReLU after the
-    first), conv to L logits (other mask). Context 5 x 9 x 9 for K = 3."""
+    first), conv to L logits (other mask), followed by a ReLU when `logits_relu` (the
+    original's conv3d helper defaults to ReLU and its last call keeps it: logits >= 0).
+    Context 5 x 9 x 9 for K = 3."""
 
     num_layers = 4
 
-    def __init__(self, num_centers: int, kernel_size: int = 3, k: int = 24) -> None:
+    def __init__(self, num_centers: int, kernel_size: int = 3, k: int = 24,
+                 logits_relu: bool = True, weight_init: str = "xavier") -> None:
         super().__init__()
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd, got {kernel_size}")
         self.kernel_size = kernel_size
+        self.logits_relu = logits_relu
         self.conv_in = MaskedConv3d(1, k, kernel_size, include_centre=False)
         self.res_conv1 = MaskedConv3d(k, k, kernel_size, include_centre=True)
         self.res_conv2 = MaskedConv3d(k, k, kernel_size, include_centre=True)
         self.conv_out = MaskedConv3d(k, num_centers, kernel_size, include_centre=True)
+        init_weights(self, weight_init)
 
     @classmethod
     def from_config(cls, pc_cfg, num_centers: int) -> ProbClassifier:
         if pc_cfg.arch != "res_shallow":
             raise ValueError(f"{pc_cfg.source_path}: only arch = 'res_shallow' is implemented, "
                              f"got {pc_cfg.arch!r}")
-        return cls(num_centers, pc_cfg.kernel_size, pc_cfg.arch_param__k)
+        return cls(num_centers, pc_cfg.kernel_size, pc_cfg.arch_param__k,
+                   logits_relu=pc_cfg.logits_relu, weight_init=pc_cfg.weight_init)
 
     @property
     def context_pad(self) -> int:
@@ -81,7 +89,8 @@ class ProbClassifier(nn.Module):
         x = torch.relu(self.conv_in(volume))
         skip = x[:, :, 2 * half:, 2 * half:x.shape[3] - 2 * half, 2 * half:x.shape[4] - 2 * half]
         x = skip + self.res_conv2(torch.relu(self.res_conv1(x)))
-        return self.conv_out(x)
+        logits = self.conv_out(x)
+        return torch.relu(logits) if self.logits_relu else logits
 
     def forward(self, q: Tensor, pad_value: float) -> Tensor:
         """Logits (N, L, C, H, W) for the symbol values q (N, C, H, W)."""

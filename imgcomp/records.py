@@ -1,12 +1,19 @@
-"""Write image files into TFRecord shards (replaces fjcommon's ``mk_img_rec``).
+"""Write image files into TFRecords (replaces fjcommon's ``mk_img_rec``).
 
-    python -m imgcomp.records mk_img_rec FILES... -o OUT_DIR [--feature_key image/encoded]
-        [--num_per_shard 1000] [--prefix shard]
+    python -m imgcomp.records mk_img_rec FILES... -o OUT.tfrecord [--feature_key image/encoded]
+        [--assert_size LENGTH]
+    python -m imgcomp.records mk_img_rec FILES... -o OUT_DIR [--num_per_shard 1000]
+        [--prefix shard] ...
+
+As the original (`python -m fjcommon tf_records mk_img_rec FILES -o OUTPUT_PATH`), `-o` names
+the record file to write when it ends in `.tfrecord` or is an existing file (overwritten), so
+its README's loop, which writes records/train/train-00001.tfrecord, ... one call each, works
+as it is. Any other `-o` is a directory that gets `<prefix>_00000.tfrecord`, ... shards.
 
 Each record is a tf.train.Example whose bytes feature holds the file's bytes as they are (no
 re-encoding), readable by TensorFlow and by ``imgcomp.data`` (``imgnet_train``/``imgnet_test``
-with RECORDS_ROOT pointing at the parent of OUT_DIR's train/ and val/). FILES may also be
-(quoted) globs or directories, for lists too long for the shell.
+read ``$RECORDS_ROOT/train/*.tfrecord`` and ``$RECORDS_ROOT/val/*.tfrecord``). FILES may also
+be (quoted) globs or directories, for lists too long for the shell.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import glob
 import io
 import os
 import sys
+import tempfile
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,11 +40,17 @@ from imgcomp.data import (
 )
 
 
-def _readable_image_bytes(path: Path) -> bytes | None:
-    """The file's bytes if Pillow decodes them, else None (with a warning)."""
+class ImageTooSmallError(ValueError):
+    """An image is below --assert_size."""
+
+
+def _readable_image_bytes(path: Path, min_size: int | None = None) -> bytes | None:
+    """The file's bytes if Pillow decodes them, else None (with a warning).
+    ImageTooSmallError if its width or height is below `min_size`."""
     try:
         data = path.read_bytes()
         with Image.open(io.BytesIO(data)) as img:
+            size = img.size
             # A reduced-size JPEG decode still parses the whole stream (truncation is caught)
             # at a fraction of the cost; other formats ignore draft().
             img.draft("RGB", (1, 1))
@@ -44,7 +58,50 @@ def _readable_image_bytes(path: Path) -> bytes | None:
     except Exception as exc:  # Pillow's plugins raise many exception types on corrupt data
         warnings.warn(f"skipping unreadable image {path}: {exc}", DataWarning, stacklevel=2)
         return None
+    if min_size is not None and min(size) < min_size:
+        raise ImageTooSmallError(f"{path} is {size[0]}x{size[1]}, below --assert_size "
+                                 f"{min_size}")
     return data
+
+
+def is_record_file(out: str | os.PathLike) -> bool:
+    """Whether `-o out` names one record file (it ends in .tfrecord, or is an existing
+    non-directory) rather than a directory of shards."""
+    path = Path(out)
+    return path.suffix == ".tfrecord" or (path.exists() and not path.is_dir())
+
+
+def write_image_record(paths: Iterable[str | os.PathLike], out_file: str | os.PathLike,
+                       feature_key: str = FEATURE_KEY, min_size: int | None = None) -> int:
+    """Write the readable images among `paths` into the one record file `out_file` (made
+    atomically, replacing an existing one, as the original overwrote it); returns how many.
+    DatasetError if none is readable (nothing is written), ImageTooSmallError as
+    _readable_image_bytes."""
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise DatasetError("no image files given")
+    out = Path(out_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    count = 0
+    try:
+        writer = TFRecordWriter(tmp)
+        try:
+            for path in paths:
+                data = _readable_image_bytes(path, min_size)
+                if data is not None:
+                    writer.write({feature_key: (data, "byte")})
+                    count += 1
+        finally:
+            writer.close()
+        if not count:
+            raise DatasetError(f"none of the {len(paths)} files is a readable image")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return count
 
 
 def write_image_records(
@@ -53,12 +110,14 @@ def write_image_records(
     feature_key: str = FEATURE_KEY,
     num_per_shard: int = 1000,
     prefix: str = "shard",
+    min_size: int | None = None,
 ) -> list[Path]:
     """Write the readable images among `paths` to OUT_DIR/<prefix>_00000.tfrecord, ...
 
-    Returns the written files. Raises DatasetError if no image is readable and
+    Returns the written files. Raises DatasetError if no image is readable,
     FileExistsError if OUT_DIR already holds shards of that prefix (stale shards of an
-    earlier run would otherwise be read as part of the dataset).
+    earlier run would otherwise be read as part of the dataset) and ImageTooSmallError if an
+    image is below `min_size` (the shards written so far are removed).
     """
     if num_per_shard < 1:
         raise ValueError(f"num_per_shard must be at least 1, got {num_per_shard}")
@@ -79,7 +138,7 @@ def write_image_records(
     count = 0
     try:
         for path in paths:
-            data = _readable_image_bytes(path)
+            data = _readable_image_bytes(path, min_size)
             if data is None:
                 continue
             if count % num_per_shard == 0:
@@ -89,6 +148,13 @@ def write_image_records(
                 writer = TFRecordWriter(str(shards[-1]))
             writer.write({feature_key: (data, "byte")})
             count += 1
+    except ImageTooSmallError:
+        if writer is not None:
+            writer.close()
+            writer = None
+        for shard in shards:
+            shard.unlink(missing_ok=True)
+        raise
     finally:
         if writer is not None:
             writer.close()
@@ -117,31 +183,56 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    mk = commands.add_parser("mk_img_rec", help="write images into TFRecord shards")
+    mk = commands.add_parser("mk_img_rec", help="write images into TFRecords")
     mk.add_argument("files", nargs="+", metavar="FILES", help="image files, globs or dirs")
-    mk.add_argument("-o", "--out_dir", required=True, help="output directory")
-    mk.add_argument("--feature_key", default=FEATURE_KEY, help="bytes feature key")
-    mk.add_argument("--num_per_shard", type=int, default=1000, help="images per file")
-    mk.add_argument("--prefix", default="shard", help="output file name prefix")
+    mk.add_argument("-o", "--out_record_path", "--out_dir", dest="out", required=True,
+                    metavar="OUTPUT_PATH",
+                    help="the record file to write if it ends in .tfrecord or is an existing "
+                    "file (overwritten), as the original; else a directory for shards")
+    mk.add_argument("--feature_key", default=FEATURE_KEY,
+                    help=f"bytes feature key (default {FEATURE_KEY}, what imgnet_train reads; "
+                    "the original's default was M)")
+    mk.add_argument("--assert_size", type=int, metavar="LENGTH",
+                    help="fail, writing nothing, if an image's width or height is below LENGTH")
+    mk.add_argument("--num_per_shard", type=int,
+                    help="images per shard file (directory output only; default 1000)")
+    mk.add_argument("--prefix", help="shard file name prefix (directory output only; default "
+                    "shard)")
     args = parser.parse_args(argv)
+    single = is_record_file(args.out)
+    if single and Path(args.out).is_dir():
+        print(f"error: {args.out} is a directory (an earlier version of this writer made "
+              "directories of shards for -o NAME.tfrecord); remove it", file=sys.stderr)
+        return 1
+    if single and (args.num_per_shard is not None or args.prefix is not None):
+        print(f"error: --num_per_shard and --prefix are for a directory output; {args.out} "
+              "is one record file", file=sys.stderr)
+        return 1
 
     with warnings.catch_warnings():
         # One plain line per skipped file instead of Python's source-location format.
         warnings.simplefilter("always", DataWarning)
         warnings.showwarning = _print_warning
         try:
+            if single:
+                num_images = write_image_record(_expand(args.files), args.out,
+                                                feature_key=args.feature_key,
+                                                min_size=args.assert_size)
+                print(f"{num_images} images -> {args.out}")
+                return 0
             shards = write_image_records(
                 _expand(args.files),
-                args.out_dir,
+                args.out,
                 feature_key=args.feature_key,
-                num_per_shard=args.num_per_shard,
-                prefix=args.prefix,
+                num_per_shard=1000 if args.num_per_shard is None else args.num_per_shard,
+                prefix="shard" if args.prefix is None else args.prefix,
+                min_size=args.assert_size,
             )
         except (OSError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
     num_images = sum(count_tfrecords(s) for s in shards)
-    print(f"{num_images} images -> {len(shards)} files in {args.out_dir}")
+    print(f"{num_images} images -> {len(shards)} files in {args.out}")
     return 0
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import random
 import signal
 import sys
@@ -28,7 +29,28 @@ from imgcomp.losses import LossTerms, compute_loss
 from imgcomp.model import ImageCodec
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+# `--restore DIR` with these skipped, as the original's --from_identity (RestoreManager).
+FROM_IDENTITY_SKIP_VARS = "global_step,Adam"
+DESCRIPTION_NAME = "description.txt"
+
+
 def build_arg_parser() -> argparse.ArgumentParser:
+    """The original train.py's flags (same names, short forms, defaults and meaning) and,
+    in their own group, the port's."""
     p = argparse.ArgumentParser(
         prog="train.py",
         description="Train the CVPR 2018 image codec (autoencoder + probability classifier).",
@@ -38,72 +60,123 @@ def build_arg_parser() -> argparse.ArgumentParser:
         "pc_config", help="probability classifier config, e.g. pc_configs/cvpr/res_shallow"
     )
     p.add_argument(
-        "--dataset_train",
-        required=True,
-        help="imgnet_train (TFRecords under $RECORDS_ROOT/train), a quoted glob "
-        "or a directory of images",
+        "--dataset_train", "-dtrain", default="imgnet_train", metavar="DATASET",
+        help="imgnet_train (TFRecords $RECORDS_ROOT/train/*.tfrecord; the default), a quoted "
+        "glob or a directory of images",
     )
-    p.add_argument("--dataset_test", required=True, help="as --dataset_train (imgnet_test)")
-    p.add_argument("--log_dir_root", required=True, help="where the job's log dir is made")
+    p.add_argument("--dataset_test", "-dtest", default="imgnet_test", metavar="DATASET",
+                   help="as --dataset_train; default imgnet_test ($RECORDS_ROOT/val)")
     p.add_argument(
-        "--log_interval_train",
-        type=int,
-        default=100,
-        metavar="STEPS",
+        "--dataset_codec_distance", "-dcodec", metavar="DATASET",
+        help="accepted and ignored (the original logged the test set's distance to BPG, from "
+        "BPG measures this port does not have; its default was testset)",
+    )
+    p.add_argument("--log_dir_root", "-o", default="logs", metavar="LOG_DIR_ROOT",
+                   help="where the job's log dir is made (default logs)")
+    p.add_argument(
+        "--log_interval_train", "-ltrain", type=_positive_int, default=100, metavar="STEPS",
         help="console + TensorBoard train summaries every STEPS (default 100)",
     )
     p.add_argument(
-        "--log_interval_test",
-        type=int,
-        default=1000,
-        metavar="STEPS",
-        help="evaluate on the test set (qhard) every STEPS (default 1000)",
-    )
-    p.add_argument(
-        "--log_interval_save",
-        type=int,
-        default=1000,
-        metavar="STEPS",
+        "--log_interval_save", "-lsave", type=_positive_int, default=1000, metavar="STEPS",
         help="checkpoint every STEPS (default 1000)",
     )
     p.add_argument(
-        "--ckpt_interval",
-        type=float,
-        metavar="HOURS",
-        help="also checkpoint every HOURS of wall time",
+        "--log_interval_test", "-ltest", type=int, default=1000, metavar="STEPS",
+        help="evaluate on the test set (qhard) every STEPS (default 1000); -1 (any value "
+        "< 1): no testing, and the test set is not loaded",
     )
-    p.add_argument("--restore", metavar="CKPT_DIR", help="log dir or its ckpts/ to restore")
+    p.add_argument("--log_run_metadata", "-lmeta", action="store_true",
+                   help="accepted and ignored (TensorFlow run metadata)")
+    p.add_argument("--summarize_gradients", "-lgrads", action="store_true",
+                   help="accepted and ignored (the original ignored it too)")
+    p.add_argument("--temporary", "-t", action="store_true",
+                   help="append _TMP to LOG_DIR_ROOT")
     p.add_argument(
-        "--restore_itr", type=int, default=-1, help="step of the checkpoint to restore (-1: latest)"
+        "--from_identity", metavar="IDENTITY_CKPT_DIR",
+        help=f"like --restore IDENTITY_CKPT_DIR --restore_skip_vars {FROM_IDENTITY_SKIP_VARS}: "
+        "the weights only; step, schedules and optimizer states start afresh",
+    )
+    p.add_argument("--restore", "-r", metavar="RESTORE_DIR",
+                   help="log dir or its ckpts/ to restore from; without --restore_continue "
+                   "the new log dir's name ends in RESTORE@<root>@<job id>")
+    p.add_argument(
+        "--restore_itr", "-i", type=int, default=-1, metavar="STEP",
+        help="restore the latest checkpoint with step <= STEP (-1, the default: the latest)",
     )
     p.add_argument(
-        "--restore_continue",
-        action="store_true",
+        "--restore_continue", action="store_true",
         help="keep writing into the restored log dir instead of a new one",
     )
     p.add_argument(
-        "--restore_skip_vars",
-        metavar="PREFIXES",
-        help="comma-separated parameter name prefixes not to restore, e.g. "
-        "'probclass' (optimizer states then start fresh)",
+        "--restore_skip_vars", metavar="A,B",
+        help="do not restore variables whose name contains A or B: the model's parameter "
+        "and buffer names (e.g. 'probclass', 'quantizer.centers'), 'global_step' (step and "
+        "learning rate schedules then start at 0) and 'Adam_AE' / 'Adam_PC' (the optimizer "
+        "states). Skipping anything starts the optimizer states afresh",
     )
-    p.add_argument("--temporary", action="store_true", help="append _TMP to --log_dir_root")
-    p.add_argument("--max_steps", type=int, help="stop when the global step reaches this")
     p.add_argument(
+        "--ckpt_interval", type=_non_negative_float, default=1.0, metavar="HOURS",
+        help="besides the newest --keep_ckpts checkpoints, keep one checkpoint every HOURS "
+        "(default 1): a checkpoint leaving that window is kept for good if it was written "
+        ">= HOURS after the last one kept so (or after the run's start); 0 keeps them all",
+    )
+    p.add_argument("--description", "-d", metavar="TEXT",
+                   help="appended to LOG_DIR/description.txt (the original sent it to a "
+                   "Google Sheet)")
+    port = p.add_argument_group("flags of the port only")
+    port.add_argument("--max_steps", type=int, help="stop when the global step reaches this")
+    port.add_argument(
         "--device",
         default="auto",
         choices=("auto", "cpu", "cuda"),
         help="auto (default) uses CUDA when present",
     )
-    p.add_argument("--num_workers", type=int, default=2, help="data loader processes")
-    p.add_argument(
+    port.add_argument("--num_workers", type=int, default=2, help="data loader processes")
+    port.add_argument(
         "--num_test_batches", type=int, default=10, help="test batches per evaluation (default 10)"
     )
-    p.add_argument(
-        "--keep_ckpts", type=int, default=5, help="checkpoints kept in ckpts/ (default 5, 0 = all)"
+    port.add_argument(
+        "--keep_ckpts", type=int, default=5,
+        help="newest checkpoints kept in ckpts/ (default 5, 0 = all); see --ckpt_interval",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    port.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     return p
+
+
+def resolve_restore_flags(args: argparse.Namespace) -> list[str]:
+    """Apply --from_identity (as the original's RestoreManager: it becomes --restore, with
+    --restore_skip_vars global_step,Adam) and return the notes on accepted-but-ignored
+    flags, one console line each."""
+    notes = []
+    if args.from_identity:
+        if args.restore and args.restore != args.from_identity:
+            notes.append(f"--from_identity {args.from_identity} replaces --restore "
+                         f"{args.restore}")
+        if args.restore_skip_vars and args.restore_skip_vars != FROM_IDENTITY_SKIP_VARS:
+            notes.append(f"--from_identity: --restore_skip_vars {FROM_IDENTITY_SKIP_VARS} "
+                         f"replaces {args.restore_skip_vars}")
+        args.restore, args.restore_skip_vars = args.from_identity, FROM_IDENTITY_SKIP_VARS
+    if args.dataset_codec_distance:
+        notes.append("--dataset_codec_distance is ignored: the distance to BPG needs BPG "
+                     "measures, which this port does not have")
+    if args.log_run_metadata:
+        notes.append("--log_run_metadata is ignored: TensorFlow run metadata has no "
+                     "PyTorch counterpart here")
+    if args.summarize_gradients:
+        notes.append("--summarize_gradients is ignored (the original ignored it too)")
+    if args.description:
+        notes.append(f"--description goes to LOG_DIR/{DESCRIPTION_NAME}, not to a Google "
+                     "Sheet")
+    return notes
+
+
+def write_description(log_dir: Path, description: str, step: int) -> Path:
+    """Append `description` to LOG_DIR/description.txt with the time and the starting step."""
+    path = log_dir / DESCRIPTION_NAME
+    with open(path, "a") as f:
+        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  step {step}  {description}\n")
+    return path
 
 
 def select_device(name: str) -> torch.device:
@@ -114,12 +187,41 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+class TF1Adam(torch.optim.Adam):
+    """Adam with TensorFlow 1's epsilon, added to sqrt(v) *before* the bias correction
+    (TF's "epsilon hat"): PyTorch's eps scaled by 1 / sqrt(1 - beta2^t) at each step t.
+    Differs from PyTorch's Adam for gradients below ~eps / sqrt(1 - beta2^t)."""
+
+    def __init__(self, params, lr: float, eps: float = 1e-8, **kwargs) -> None:
+        super().__init__(params, lr=lr, eps=eps, **kwargs)
+        self.tf_eps = eps
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            steps = [self.state[p]["step"] for p in group["params"] if "step" in self.state[p]]
+            t = 1 + (int(steps[0]) if steps else 0)
+            group["eps"] = self.tf_eps / math.sqrt(1.0 - group["betas"][1] ** t)
+        return super().step(closure)
+
+
 def _make_optimizer(params, cfg: Config, lr: float) -> torch.optim.Optimizer:
     if cfg.optimizer == "ADAM":
         # The fused kernel updates all parameters in one call (CPU and CUDA).
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    momentum = cfg.optimizer_momentum if cfg.optimizer == "MOMENTUM" else 0.0
-    return torch.optim.SGD(params, lr=lr, momentum=momentum)
+        adam = TF1Adam if cfg.adam_epsilon == "tf1" else torch.optim.Adam
+        return adam(params, lr=lr, fused=True)
+    if cfg.optimizer == "MOMENTUM":  # tf.train.MomentumOptimizer(use_nesterov=True)
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.optimizer_momentum, nesterov=True)
+    return torch.optim.SGD(params, lr=lr)
+
+
+def steps_per_epoch(ae_cfg: Config, num_train_images: int, world_size: int) -> float:
+    """Steps of one epoch for the DECAY schedules: the original's integer
+    num_images // batch_size ('floor'), or the exact ratio ('exact')."""
+    batch = ae_cfg.batch_size * world_size
+    if ae_cfg.epoch_steps == "floor":
+        return max(num_train_images // batch, 1)
+    return max(num_train_images / batch, 1e-9)
 
 
 def lr_factor(cfg: Config, step: int, steps_per_epoch: float) -> float:
@@ -165,12 +267,12 @@ class Trainer:
         self.pc_optimizer = _make_optimizer(
             self.model.probclass.parameters(), pc_cfg, pc_cfg.lr_initial
         )
-        steps_per_epoch = max(num_train_images / (ae_cfg.batch_size * world.world_size), 1e-9)
+        epoch = steps_per_epoch(ae_cfg, num_train_images, world.world_size)
         self.ae_schedule = torch.optim.lr_scheduler.LambdaLR(
-            self.ae_optimizer, lambda s: lr_factor(ae_cfg, s, steps_per_epoch)
+            self.ae_optimizer, lambda s: lr_factor(ae_cfg, s, epoch)
         )
         self.pc_schedule = torch.optim.lr_scheduler.LambdaLR(
-            self.pc_optimizer, lambda s: lr_factor(pc_cfg, s, steps_per_epoch)
+            self.pc_optimizer, lambda s: lr_factor(pc_cfg, s, epoch)
         )
 
     def train_step(self, x: torch.Tensor) -> LossTerms | None:
@@ -179,13 +281,13 @@ class Trainer:
         self.model.train()
         out = self.forward(x)
         terms = compute_loss(self.model, out, x, self.ae_cfg, self.pc_cfg)
-        finite = bool(torch.isfinite(terms.ae_loss) and torch.isfinite(terms.pc_loss))
+        finite = bool(torch.isfinite(terms.total))
         # Every rank must agree, or the others would wait forever in the gradient all-reduce.
         if not all_ranks_agree(finite, self.world, self.device):
             return None
         self.ae_optimizer.zero_grad(set_to_none=True)
         self.pc_optimizer.zero_grad(set_to_none=True)
-        (terms.ae_loss + terms.pc_loss).backward()
+        terms.total.backward()
         # A frozen part keeps no gradients, so its optimizer step leaves it unchanged while
         # the schedules still follow the global step.
         if not self.ae_cfg.train_autoencoder:
@@ -208,7 +310,7 @@ class Trainer:
         for x in batches:
             x = x.to(self.device)
             terms = compute_loss(self.model, self.model(x), x, self.ae_cfg, self.pc_cfg)
-            for name in ("ms_ssim", "psnr", "bpp", "H_real", "ae_loss"):
+            for name in ("ms_ssim", "psnr", "bpp", "H_real", "total"):
                 sums[name] = sums.get(name, 0.0) + float(getattr(terms, name)) * len(x)
             count += len(x)
         return {k: v / max(count, 1) for k, v in sums.items()}
@@ -222,37 +324,50 @@ class Trainer:
             "pc_schedule": self.pc_schedule.state_dict(),
         }
 
-    def restore(self, state: dict[str, Any], skip_prefixes: list[str]) -> None:
-        model_state = {
-            k: v
-            for k, v in state["model"].items()
-            if not any(k.startswith(p) for p in skip_prefixes)
-        }
-        missing, unexpected = self.model.load_state_dict(model_state, strict=False)
-        missing = [k for k in missing if not any(k.startswith(p) for p in skip_prefixes)]
+    def restore(self, state: dict[str, Any], skip_vars: list[str]) -> list[str]:
+        """Load a checkpoint's state, except the variables whose name contains one of
+        `skip_vars` (the original's --restore_skip_vars): the model's state-dict names,
+        `global_step` (then step and schedules start at 0) and the optimizer states
+        `Adam_AE` / `Adam_PC`. Any skipping starts the optimizer states afresh. Returns the
+        names skipped."""
+        # A checkpoint of the original also matches by its TF variable names.
+        tf_names = state.get("tf_names", {})
+
+        def skipped(name: str) -> bool:
+            return any(s in name or s in tf_names.get(name, "") for s in skip_vars)
+
+        names = [*state["model"], "global_step", "Adam_AE", "Adam_PC"]
+        model_state = {k: v for k, v in state["model"].items() if not skipped(k)}
+        try:
+            missing, unexpected = self.model.load_state_dict(model_state, strict=False)
+        except RuntimeError as e:  # shapes that do not fit
+            raise ckpt.CheckpointError(
+                f"checkpoint does not fit the configured model: {e}") from e
+        missing = [k for k in missing if not skipped(k)]
         if missing or unexpected:
             raise ckpt.CheckpointError(
                 "checkpoint does not fit the configured model "
                 f"(missing: {missing[:5]}, unexpected: {unexpected[:5]})"
             )
+        if skipped("global_step"):
+            self.step = 0  # the schedules stay where they are: at step 0
+            return [n for n in names if skipped(n)]
         self.step = int(state["step"])
         # Shipped checkpoints hold no optimizer states (imgcomp.ship): Adam starts afresh.
-        if not skip_prefixes and "ae_optimizer" in state:
+        if not skip_vars and "ae_optimizer" in state:
             self.ae_optimizer.load_state_dict(state["ae_optimizer"])
             self.pc_optimizer.load_state_dict(state["pc_optimizer"])
-        # The schedules restart from the restored step but keep this run's configured
-        # learning rates: a checkpoint's own base rates must not override a new config.
-        for schedule, saved in ((self.ae_schedule, state["ae_schedule"]),
-                                (self.pc_schedule, state["pc_schedule"])):
-            base_lrs = list(schedule.base_lrs)
-            schedule.load_state_dict(saved)
-            schedule.base_lrs = base_lrs
-            lrs = [base * fn(schedule.last_epoch)
-                   for base, fn in zip(base_lrs, schedule.lr_lambdas, strict=True)]
-            for group, base, lr in zip(schedule.optimizer.param_groups, base_lrs, lrs,
-                                       strict=True):
-                group["initial_lr"], group["lr"] = base, lr
+        # The learning rates are a function of the step (also for checkpoints of the original,
+        # which hold no schedules), with this run's configured base rates: a checkpoint's own
+        # must not override a new config.
+        for schedule in (self.ae_schedule, self.pc_schedule):
+            schedule.last_epoch, schedule._step_count = self.step, self.step + 1
+            lrs = [base * fn(self.step)
+                   for base, fn in zip(schedule.base_lrs, schedule.lr_lambdas, strict=True)]
+            for group, lr in zip(schedule.optimizer.param_groups, lrs, strict=True):
+                group["lr"] = lr
             schedule._last_lr = lrs
+        return [n for n in names if skipped(n)]
 
 
 def _seed_everything(seed: int) -> None:
@@ -294,12 +409,13 @@ def _log_train(
     step = trainer.step
     lr = trainer.ae_optimizer.param_groups[0]["lr"]
     print(
-        f"{step:7d}: loss={float(terms.ae_loss.detach()):.4f}  ms_ssim={float(terms.ms_ssim):.4f}  "
+        f"{step:7d}: loss={float(terms.total.detach()):.4f}  ms_ssim={float(terms.ms_ssim):.4f}  "
         f"psnr={float(terms.psnr):.2f}  bpp={float(terms.bpp):.4f}  "
         f"H_real={float(terms.H_real):.4f}  lr={lr:.2e}  {img_per_s:.1f} img/s",
         flush=True,
     )
-    for name in ("ae_loss", "pc_loss", "ms_ssim", "psnr", "bpp", "H_real", "H_mask", "H_soft"):
+    for name in ("total", "distortion", "rate_loss", "reg_enc_dec", "ms_ssim", "mse", "psnr",
+                 "bpp", "H_real", "H_mask", "H_soft"):
         writer.add_scalar(f"train/{name}", float(getattr(terms, name).detach()), step)
     writer.add_scalar("train/lr", lr, step)
     writer.add_scalar("train/img_per_s", img_per_s, step)
@@ -331,6 +447,10 @@ def _test_batches(loader, limit: int) -> Iterator[torch.Tensor]:
 
 
 def train(args: argparse.Namespace, world: World, device: torch.device) -> int:
+    # Only rank 0 prints, evaluates and writes the log dir, checkpoints and TensorBoard.
+    log = print if world.is_main else _silent
+    for note in resolve_restore_flags(args):
+        log(f"note: {note}")
     ae_cfg, pc_cfg = load_config(args.ae_config), load_config(args.pc_config)
     _seed_everything(args.seed)
     crop = tuple(ae_cfg.crop_size)
@@ -343,21 +463,43 @@ def train(args: argparse.Namespace, world: World, device: torch.device) -> int:
         seed=args.seed,
         rank=world.rank,
         world_size=world.world_size,
+        flip=ae_cfg.random_flip,
     )
-    test_loader, _ = make_loader(
-        args.dataset_test, crop, ae_cfg.batch_size, train=False, num_workers=0, seed=args.seed
-    )
+    test_loader = None
+    if args.log_interval_test >= 1:  # --log_interval_test -1: no testing, no test set
+        test_loader, _ = make_loader(
+            args.dataset_test, crop, ae_cfg.batch_size, train=False, num_workers=0,
+            seed=args.seed)
     trainer = Trainer(ae_cfg, pc_cfg, device, num_train, world)
-    # Only rank 0 prints, evaluates and writes the log dir, checkpoints and TensorBoard.
-    log = print if world.is_main else _silent
 
-    log_dir_root = args.log_dir_root + ("_TMP" if args.temporary else "")
+    log_dir_root = args.log_dir_root
+    if args.temporary:
+        log_dir_root = log_dir_root.rstrip(os.sep) + "_TMP"
     if args.restore:
+        if args.restore_continue and ckpt.is_tf_ckpt_dir(ckpt.ckpt_dir_of(args.restore)):
+            raise ckpt.CheckpointError(
+                f"{args.restore} was written by the original (TF checkpoints): restore it "
+                "without --restore_continue, into a new log dir, or convert it first "
+                "(python -m imgcomp.convert)")
         restore_path = ckpt.checkpoint_path(args.restore, args.restore_itr)
-        skip = [s for s in (args.restore_skip_vars or "").split(",") if s]
+        skip = [s.strip() for s in (args.restore_skip_vars or "").split(",") if s.strip()]
         state = ckpt.load_checkpoint(restore_path, device)
-        trainer.restore(state, skip)
-        fresh = "" if "ae_optimizer" in state else "; no optimizer states in it, Adam starts afresh"
+        skipped = trainer.restore(state, skip)
+        if skip:
+            model_vars = [n for n in skipped if n in state["model"]]
+            others = [n for n in skipped if n not in state["model"]]
+            log(f"Not restored (--restore_skip_vars {','.join(skip)}): {len(model_vars)} model "
+                f"variable(s){': ' + ', '.join(model_vars[:5]) if model_vars else ''}"
+                f"{' ...' if len(model_vars) > 5 else ''}"
+                f"{'; ' + ', '.join(others) if others else ''}; optimizer states start afresh")
+            tf_names = state.get("tf_names", {})
+            unmatched = [v for v in skip
+                         if not any(v in n or v in tf_names.get(n, "") for n in skipped)]
+            if unmatched:
+                log(f"note: --restore_skip_vars {', '.join(unmatched)} matches no variable")
+        fresh = ("" if "ae_optimizer" in state
+                 else "; the original's: its Adam slots are dropped, Adam starts afresh"
+                 if "tf_names" in state else "; no optimizer states in it, Adam starts afresh")
         log(f"Restored {restore_path} (step {trainer.step}{fresh})")
         # Resume the data order at the epoch the restored step belongs to.
         train_loader.set_epoch(
@@ -370,8 +512,11 @@ def train(args: argparse.Namespace, world: World, device: torch.device) -> int:
     if args.restore and args.restore_continue:
         log_dir = ckpt.ckpt_dir_of(args.restore).parent
     else:
-        log_dir = ckpt.make_log_dir(log_dir_root, args.ae_config, args.pc_config)
+        log_dir = ckpt.make_log_dir(log_dir_root, args.ae_config, args.pc_config,
+                                    restore_dir=args.restore)
     ckpt.write_configs(log_dir / ckpt.CKPTS_DIRNAME, ae_cfg, pc_cfg)
+    if args.description:
+        write_description(log_dir, args.description, trainer.step)
     print(
         f"Log dir: {log_dir}\nDevice: {device}; {num_train} training images; "
         f"{sum(p.numel() for p in trainer.model.parameters()):,} parameters; "
@@ -391,18 +536,20 @@ def _train_loop(args: argparse.Namespace, trainer: Trainer, train_loader, test_l
     and saves."""
     device = trainer.device
     ckpt_dir = log_dir / ckpt.CKPTS_DIRNAME if log_dir else None
+    run_start = time.time()  # --ckpt_interval counts from here
 
     def save(reason: str) -> None:
         if ckpt_dir is None:
             return
         path = ckpt.save_checkpoint(
-            ckpt_dir, trainer.step, trainer.state_dict(), keep=args.keep_ckpts
+            ckpt_dir, trainer.step, trainer.state_dict(), keep=args.keep_ckpts,
+            keep_every_hours=args.ckpt_interval, run_start=run_start,
         )
         print(f"Saved {path} ({reason})", flush=True)
 
     writer = SummaryWriter(log_dir=str(log_dir)) if log_dir else None
     stop = _StopRequest()
-    last_saved_step, last_save_time = trainer.step, time.time()
+    last_saved_step = trainer.step
     interval_start, interval_images = time.time(), 0
     exit_code = 0
     try:
@@ -433,17 +580,14 @@ def _train_loop(args: argparse.Namespace, trainer: Trainer, train_loader, test_l
                 img_per_s = interval_images / max(time.time() - interval_start, 1e-9)
                 _log_train(writer, trainer, terms, x, img_per_s)
                 interval_start, interval_images = time.time(), 0
-            if step % args.log_interval_test == 0:
+            if args.log_interval_test >= 1 and step % args.log_interval_test == 0:
                 eval_start = time.time()
                 metrics = trainer.evaluate(_test_batches(test_loader, args.num_test_batches))
                 _log_test(writer, step, metrics)
                 interval_start += time.time() - eval_start  # img/s counts training only
-            hours = (time.time() - last_save_time) / 3600
-            if step % args.log_interval_save == 0 or (
-                args.ckpt_interval and hours >= args.ckpt_interval
-            ):
+            if step % args.log_interval_save == 0:
                 save("interval")
-                last_saved_step, last_save_time = step, time.time()
+                last_saved_step = step
             if args.max_steps is not None and step >= args.max_steps:
                 print(f"Reached --max_steps {args.max_steps}.")
                 break

@@ -36,41 +36,54 @@ REAL_BPP_HEADER = ("img_name", "bpp_real", "bpp_theory", "bpp_loss", "encode_s",
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
+    """The original val.py's flags (names, short forms, defaults) and the port's --device.
+    Unknown flags are an error (the original printed "Unknown flags: ..." and went on)."""
     p = argparse.ArgumentParser(prog="val.py", description="Evaluate trained jobs: bpp, "
                                 "MS-SSIM and PSNR per image, written to measures.csv.")
     p.add_argument("log_dir_root", help="folder holding the jobs' log dirs")
-    p.add_argument("job_ids", help="comma-separated job ids (MMDD_HHMM prefixes)")
+    p.add_argument("job_ids", help="comma-separated job ids (MMDD_HHMM prefixes; ';' "
+                   "separates them too)")
     p.add_argument("images", help="a folder of images, a quoted glob, 'kodak' "
                    "($VAL_ROOT/kodak/*.png) or 'samples' (photos bundled with scikit-image)")
-    p.add_argument("--save_ours", action="store_true",
-                   help="save reconstructions as PNG in <out>/imgs/")
+    p.add_argument("--save_ours", "-o", action="store_true",
+                   help="save the last validated checkpoint's reconstructions as PNG in "
+                   "<out>/imgs/")
+    p.add_argument("--how_many", type=int, metavar="N", help="only the first N images")
+    p.add_argument("--image_cache_max", "-cache", type=int, metavar="MB",
+                   help="accepted and ignored: the original cached decoded images up to MB "
+                   "(default 500); this port decodes every image once, up front, and keeps "
+                   "them all in memory")
+    p.add_argument("--restore_itr", "-i", type=int, metavar="STEP",
+                   help="validate only the latest checkpoint with step <= STEP (-1: the "
+                   "latest); overrides --ckpt_step")
+    p.add_argument("--ckpt_step", "-s", type=int, default=2, metavar="S",
+                   help="validate every S-th checkpoint plus the last (default 2; 1: all; "
+                   "-1: only the last)")
+    p.add_argument("--reset", action="store_true",
+                   help="forget which checkpoints were validated and start over")
     p.add_argument("--real_bpp", action="store_true",
                    help="write real compressed files (bitstreams/), decode and check them, "
                    "and report real vs estimated bpp in real_bpp.csv")
-    p.add_argument("--how_many", type=int, help="only the first N images")
-    p.add_argument("--ckpt_step", type=int, default=-1,
-                   help="validate every S-th checkpoint plus the last (-1: only the last)")
-    p.add_argument("--restore_itr", type=int,
-                   help="validate the checkpoint of this step only (-1: the latest)")
-    p.add_argument("--reset", action="store_true",
-                   help="forget which checkpoints were validated and start over")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    port = p.add_argument_group("flags of the port only")
+    port.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     return p
 
 
 def select_steps(available: list[int], ckpt_step: int, restore_itr: int | None) -> list[int]:
-    """Which checkpoint steps to validate (see --ckpt_step, --restore_itr)."""
+    """Which checkpoint steps to validate (see --ckpt_step, --restore_itr): every
+    ckpt_step-th plus the last (negative: the last only), or the latest <= restore_itr."""
     if restore_itr is not None:
         if restore_itr == -1:
             return available[-1:]
-        if restore_itr not in available:
-            raise ckpt.CheckpointError(f"no checkpoint of step {restore_itr}; available: "
+        eligible = [s for s in available if s <= restore_itr]
+        if not eligible:
+            raise ckpt.CheckpointError(f"no checkpoint of step <= {restore_itr}; available: "
                                        + ", ".join(map(str, available)))
-        return [restore_itr]
-    if ckpt_step == -1:
+        return eligible[-1:]
+    if ckpt_step < 0:
         return available[-1:]
-    if ckpt_step < 1:
-        raise ValueError(f"--ckpt_step must be -1 or >= 1, got {ckpt_step}")
+    if ckpt_step == 0:
+        raise ValueError("--ckpt_step must be >= 1, or negative for the last checkpoint only")
     return sorted(set(available[::ckpt_step]) | {available[-1]})
 
 
@@ -81,7 +94,7 @@ def reconstruct(model: ImageCodec, image: np.ndarray, device: torch.device
     h, w = image.shape[:2]
     x = torch.from_numpy(np.array(image)).to(device).permute(2, 0, 1).unsqueeze(0).float()
     out = model(pad_to_multiple(x).contiguous(memory_format=torch.channels_last))
-    x_hat = out.x_hat[0, :, :h, :w].round().clamp(0, 255).to(torch.uint8)
+    x_hat = model.to_uint8(out.x_hat[0, :, :h, :w])
     return x_hat.permute(1, 2, 0).cpu().numpy(), float(out.bitcost.double().sum())
 
 
@@ -248,7 +261,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.how_many is not None:
             paths = paths[:args.how_many]
         images = load_images(paths, note=world.is_main)
-        for job_id in [j for j in args.job_ids.split(",") if j]:
+        if args.image_cache_max is not None and world.is_main:
+            print("note: --image_cache_max is ignored: all images are decoded once and kept "
+                  "in memory")
+        for job_id in [j.strip() for j in args.job_ids.replace(";", ",").split(",")
+                       if j.strip()]:
             validate_job(Path(args.log_dir_root), job_id, dataset, paths, images, args, device,
                          world)
         finished = True

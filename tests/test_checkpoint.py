@@ -17,8 +17,10 @@ def test_save_list_load_and_keep(tmp_path):
     state = ckpt.load_checkpoint(ckpt.checkpoint_path(tmp_path, 3))
     assert state["step"] == 3 and torch.equal(state["w"], torch.full((2,), 3.0))
     assert ckpt.checkpoint_path(tmp_path).name == "ckpt-4.pt"
-    with pytest.raises(ckpt.CheckpointError, match="no checkpoint of step 7.*2, 3, 4"):
-        ckpt.checkpoint_path(tmp_path, 7)
+    # A step is the latest checkpoint at or before it, as the original's --restore_itr.
+    assert ckpt.checkpoint_path(tmp_path, 7).name == "ckpt-4.pt"
+    with pytest.raises(ckpt.CheckpointError, match="no checkpoint of step <= 1.*2, 3, 4"):
+        ckpt.checkpoint_path(tmp_path, 1)
 
 
 def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):

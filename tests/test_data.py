@@ -438,7 +438,46 @@ def test_truncated_record_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         make_loader("imgnet_train", (8, 8), 1, train=True, num_workers=0)
 
 
-def test_too_few_images_for_a_batch(tmp_path: Path) -> None:
-    noise_images(tmp_path, 3)
-    with pytest.raises(DatasetError, match="too few"):
-        make_loader(str(tmp_path), (8, 8), 4, train=True, num_workers=0)
+def _crop_positions(image: np.ndarray, crop: np.ndarray) -> list[tuple[int, int, bool]]:
+    """(y, x, flipped) of every place where `crop` (H x W x 3) occurs in `image`."""
+    ch, cw = crop.shape[:2]
+    found = []
+    for y in range(image.shape[0] - ch + 1):
+        for x in range(image.shape[1] - cw + 1):
+            window = image[y:y + ch, x:x + cw]
+            for flipped, candidate in ((False, window), (True, window[:, ::-1])):
+                if np.array_equal(candidate, crop):
+                    found.append((y, x, flipped))
+    return found
+
+
+def _crops(loader) -> np.ndarray:
+    batches = [b.numpy().transpose(0, 2, 3, 1).astype(np.uint8) for b in loader]
+    return np.concatenate(batches)
+
+
+def test_too_few_images_for_a_batch_are_repeated_with_other_crops(tmp_path: Path) -> None:
+    # The original's input queue repeats images to fill a batch; so does ours.
+    (path,) = noise_images(tmp_path, 1, h=16, w=16)
+    image = np.asarray(Image.open(path))
+    loader, count = make_loader(str(tmp_path), (8, 8), 4, train=True, num_workers=0)
+    assert count == 1
+    crops = _crops(loader)
+    assert crops.shape == (4, 8, 8, 3)  # one full batch per epoch
+    positions = [_crop_positions(image, c) for c in crops]
+    assert all(p and not p[0][2] for p in positions)  # crops of the image, not flipped
+    assert len({p[0] for p in positions}) > 1  # repeats are other crops
+
+
+def test_random_flip_mirrors_about_half_of_the_crops(tmp_path: Path) -> None:
+    (path,) = noise_images(tmp_path, 1, h=16, w=16)
+    image = np.asarray(Image.open(path))
+    flips = []
+    for flip in (False, True):
+        loader, _ = make_loader(str(tmp_path), (16, 16), 1, train=True, num_workers=0,
+                                flip=flip)
+        crops = np.concatenate([_crops(loader) for _ in range(40)])
+        for crop in crops:
+            assert np.array_equal(crop, image) or np.array_equal(crop, image[:, ::-1])
+        flips.append(sum(np.array_equal(c, image[:, ::-1]) for c in crops))
+    assert flips[0] == 0 and 10 <= flips[1] <= 30

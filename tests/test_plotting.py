@@ -101,7 +101,7 @@ def test_interp_and_mean_styles_agree_on_our_curve(results):
 
 
 def test_plot_and_bd_rates(results, tmp_path, capsys):
-    rc, out = _run(results, tmp_path, "--ids", "A", "B", "C")
+    rc, out = _run(results, tmp_path, "--ids", "A", "B", "C", "--paper_plot")
     assert rc == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(out) as img:
@@ -158,10 +158,10 @@ def test_psnr_metric(results, tmp_path):
     assert -55 < float(rows["jpeg"]["bd_rate_percent"]) < -45
 
 
-def test_paper_plot_pdf(results, tmp_path):
+def test_paper_figure_pdf(results, tmp_path):
     logs, codecs = results
     out = tmp_path / "fig.pdf"
-    assert plotting.main([str(logs), ",".join(JOBS), "kodak", "--paper_plot", "-o", str(out),
+    assert plotting.main([str(logs), ",".join(JOBS), "kodak", "--paper_figure", "-o", str(out),
                           "--other_codecs_root", str(codecs), "--x_range", "0,1.2"]) == 0
     assert out.read_bytes()[:5] == b"%PDF-"
     assert (tmp_path / "fig_bdrate.csv").is_file()
@@ -174,7 +174,7 @@ def test_missing_codecs_root_warns(results, tmp_path, capsys, monkeypatch):
     assert plotting.main([str(logs), ",".join(JOBS), "kodak", "--other_codecs_root",
                           str(tmp_path / "nowhere"), "-o", str(out)]) == 0
     assert "no classical codec results" in capsys.readouterr().err
-    assert list(_bd_rows(out)) == [plotting.PAPER_LABEL]
+    assert list(_bd_rows(out)) == []  # no codecs, and the paper's curve only with --paper_plot
 
 
 def test_latex_without_binary_warns_and_plots(results, tmp_path, capsys, monkeypatch):
@@ -194,7 +194,7 @@ def test_latex_failing_falls_back(results, tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize(("extra", "message"), [
-    (("--ids", "A", "B"), "--ids gives 2 label(s) for 3 job(s)"),
+    (("--ids", "A", "B", "C", "D"), "--ids gives 4 label(s) for 3 job(s)"),
     (("--x_range", "0;1"), "--x_range '0;1'"),
     (("--y_range", "1,0.5"), "--y_range '1,0.5'"),
 ])
@@ -230,3 +230,45 @@ def test_script_reports_one_error_line(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
         f"error: LOG_DIR_ROOT {tmp_path / 'missing'} is not a directory"]
+
+
+def test_original_defaults_end_to_end(results, tmp_path, monkeypatch, capsys):
+    """No -o: plot_Kodak.png in the working directory, as the original; --style interp; the
+    paper's curve only with --paper_plot; x axis 0..1.2."""
+    logs, codecs = results
+    monkeypatch.chdir(tmp_path)
+    args = [str(logs), ",".join(JOBS), "kodak", "--other_codecs_root", str(codecs)]
+    assert plotting.main(args) == 0
+    out = capsys.readouterr().out
+    assert "wrote plot_Kodak.png" in out and (tmp_path / "plot_Kodak.png").is_file()
+    assert list(_bd_rows(tmp_path / "plot_Kodak.png")) == ["avif", "jpeg"]
+    assert plotting.main([*args, "--paper_plot", "--style", "interp", "mean",
+                          "--output_path", "both.png"]) == 0
+    assert list(_bd_rows(tmp_path / "both.png")) == ["avif", "jpeg", plotting.PAPER_LABEL]
+
+
+def test_what_each_style_draws(results, tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(plotting, "plot_rd", lambda path, line, points, *a, **kw: drawn.append(
+        (line, points, kw["show_points"], kw["x_range"], kw["y_range"])))
+    for style in (["interp"], ["mean"], ["interp", "mean"]):
+        assert _run(results, tmp_path, "--style", *style)[0] == 0
+    (interp, points, show1, x_range, y_range), (mean, _, show2, _, _), (both, _, show3, _, _) = (
+        drawn)
+    assert (show1, show2, show3) == (False, True, True)  # points only with 'mean'
+    assert len(interp.bpp) == plotting.INTERP_GRID_POINTS and both.bpp is not points.bpp
+    assert mean is not interp and np.array_equal(mean.bpp, points.bpp)
+    assert x_range == (0.0, 1.2) and y_range == (0.85, 1.0)
+
+
+def test_ids_job_groups_and_points_outside(results, tmp_path, capsys):
+    rc, _ = _run(results, tmp_path, "--ids", "A")  # fewer labels: the rest keep job ids
+    out = capsys.readouterr().out
+    assert rc == 0 and "A (0101_0001)" in out and "0101_0002 (0101_0002)" in out
+    rc, _ = _run(results, tmp_path, jobs=f"{JOBS[0]},{JOBS[1]};{JOBS[2]}")
+    assert rc == 1 and "';'" in capsys.readouterr().err
+    rc, _ = _run(results, tmp_path, "--x_range", "0,0.5", "--style", "mean")
+    err = capsys.readouterr().err
+    assert rc == 0 and "0101_0003 (0.900 bpp" in err and "outside the plot" in err
+    rc, _ = _run(results, tmp_path, "--metric", "psnr", "--paper_plot")
+    assert rc == 0 and "MS-SSIM only" in capsys.readouterr().err

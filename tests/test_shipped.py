@@ -96,7 +96,8 @@ def test_committed_bd_rates_are_what_plotter_computes(dataset, plot, tmp_path):
     jobs = ",".join(job_id_of(d) for d in SHIPPED)
     out = tmp_path / f"{plot}.png"
     assert plotting.main([str(ROOT / "ckpts"), jobs, dataset, "--other_codecs_root",
-                          str(ROOT / "results/other_codecs"), "-o", str(out)]) == 0
+                          str(ROOT / "results/other_codecs"), "-o", str(out), "--style", "mean",
+                          "--paper_plot"]) == 0
     fresh = _read_bd_csv(tmp_path / f"{plot}_bdrate.csv")
     committed = _read_bd_csv(ROOT / "figs" / f"{plot}_bdrate.csv")
     assert set(fresh) == set(committed) >= {"jpeg", "webp", "jp2k", "avif"}

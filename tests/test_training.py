@@ -60,8 +60,8 @@ def test_loss_decreases_on_a_fixed_batch():
     for _ in range(25):
         last = trainer.train_step(x)
     assert trainer.step == 26
-    assert float(last.ae_loss.detach()) < 0.8 * float(first.ae_loss.detach())
-    assert float(last.pc_loss.detach()) < float(first.pc_loss.detach())  # the probclass learns too
+    assert float(last.total.detach()) < 0.8 * float(first.total.detach())
+    assert float(last.H_soft) < float(first.H_soft)  # the rate term trains both networks
     assert float(last.ms_ssim) > float(first.ms_ssim)
 
 
@@ -218,7 +218,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, ca
 
     def nan_loss(*args, **kwargs):
         terms = real_loss(*args, **kwargs)
-        return terms._replace(ae_loss=terms.ae_loss * float("nan"))
+        return terms._replace(total=terms.total * float("nan"))
 
     monkeypatch.setattr(training, "compute_loss", nan_loss)
     code, _ = _train(tmp_path, "--max_steps", "5", "--restore", str(log_dir),
@@ -278,5 +278,5 @@ def test_k_mse_adds_a_weighted_mse_to_the_ms_ssim_distortion():
         old = compute_loss(model, out, x, Config(legacy), pc_cfg)
     expected = 0.5 * float(((out.x_hat - x) ** 2).mean())
     assert float(with_mse.distortion - plain.distortion) == pytest.approx(expected, rel=1e-5)
-    assert float(with_mse.ae_loss - plain.ae_loss) == pytest.approx(expected, rel=1e-5)
+    assert float(with_mse.total - plain.total) == pytest.approx(expected, rel=1e-5)
     assert float(old.distortion) == pytest.approx(float(plain.distortion), rel=1e-6)

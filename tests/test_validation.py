@@ -110,6 +110,21 @@ def test_checkpoint_selection_and_memory(job, images, capsys):
     assert (out_dir / "measures_2.csv").is_file()
 
 
+def test_original_short_flags(job, images, capsys):
+    """-i N: the latest checkpoint <= N; -o: --save_ours; -cache accepted and ignored."""
+    logs, job_id, _ = job
+    assert validation.main([str(logs), job_id, str(images), "--how_many", "1", "--reset",
+                            "-i", "99", "-o", "-cache", "100", "--device", "cpu"]) == 0
+    out_dir = logs / f"{job_id} testset"
+    assert sorted(json.loads((out_dir / "validated.json").read_text())) == ["3"]
+    assert [p.name for p in (out_dir / "imgs").iterdir()] == ["big.png"]
+    assert "note: --image_cache_max is ignored" in capsys.readouterr().out
+    # The default --ckpt_step 2: every 2nd checkpoint plus the last.
+    assert validation.main([str(logs), job_id, str(images), "--how_many", "1",
+                            "--device", "cpu"]) == 0
+    assert sorted(json.loads((out_dir / "validated.json").read_text())) == ["1", "3"]
+
+
 def test_real_bpp_writes_files_and_csv(job, images, capsys):
     logs, job_id, _ = job
     assert validation.main([str(logs), job_id, str(images), "--real_bpp", "--reset",
