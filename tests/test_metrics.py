@@ -161,3 +161,48 @@ def test_psnr_uint8() -> None:
     a = np.full((16, 16, 3), 50, dtype=np.uint8)
     assert psnr_uint8(a, a + 1) == pytest.approx(48.1308, abs=1e-4)
     assert psnr_uint8(a, a) == float("inf")
+
+
+def _graph_ms_ssim_reference(a: np.ndarray, b: np.ndarray) -> float:
+    """The original's training-graph MS-SSIM (ms_ssim.py), written out in numpy for N x H x
+    W x C arrays: per scale a (2 * (size // 2) + 1)-tap Gaussian at integer offsets, reflect
+    padding by the excess over the width before (and half of it after), means over
+    everything; downsampling by a [0.5, 0.5] filter after reflect-padding one row/column."""
+    weights = np.array([0.0448, 0.2856, 0.3001, 0.2363, 0.1333])
+
+    def blur(img, kernel):  # separable VALID correlation along H then W
+        out = np.apply_along_axis(lambda v: np.correlate(v, kernel, "valid"), 1, img)
+        return np.apply_along_axis(lambda v: np.correlate(v, kernel, "valid"), 2, out)
+
+    mcs, mssim = [], []
+    for _ in range(5):
+        _, h, w, _ = a.shape
+        size = min(11, h, w)
+        sigma = size * 1.5 / 11
+        x = np.arange(-(size // 2), size // 2 + 1, dtype=np.float64)
+        g = np.exp(-x * x / (2 * sigma * sigma))
+        g /= g.sum()
+        excess = max(len(g) - w, 0)
+        pad = ((0, 0), (excess, excess // 2), (excess, excess // 2), (0, 0))
+        ap, bp = np.pad(a, pad, mode="reflect"), np.pad(b, pad, mode="reflect")
+        mu1, mu2 = blur(ap, g), blur(bp, g)
+        s11, s22, s12 = blur(ap * ap, g) - mu1**2, blur(bp * bp, g) - mu2**2, \
+            blur(ap * bp, g) - mu1 * mu2
+        c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+        v1, v2 = 2 * s12 + c2, s11 + s22 + c2
+        mssim.append(np.mean((2 * mu1 * mu2 + c1) * v1 / ((mu1**2 + mu2**2 + c1) * v2)))
+        mcs.append(np.mean(v1 / v2))
+        down = np.array([0.5, 0.5])
+        a, b = (blur(np.pad(t, ((0, 0), (0, 1), (0, 1), (0, 0)), mode="reflect"), down)
+                [:, ::2, ::2] for t in (a, b))
+    return float(np.prod(np.array(mcs[:4]) ** weights[:4]) * mssim[4] ** weights[4])
+
+
+@pytest.mark.parametrize("shape", [(40, 40), (33, 37), (64, 48)])
+def test_graph_definition_matches_the_original_training_graph(shape) -> None:
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 256, (2, *shape, 3)).astype(np.float64)
+    b = np.clip(a + rng.normal(0, 20, a.shape), 0, 255)
+    ours = ms_ssim(torch.from_numpy(a).permute(0, 3, 1, 2), torch.from_numpy(b).permute(0, 3, 1, 2),
+                   definition="graph")
+    assert float(ours) == pytest.approx(_graph_ms_ssim_reference(a, b), rel=1e-9)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import copy
 import csv
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -237,3 +239,23 @@ def test_train_py_fine_tunes_from_the_original_log_dir(logs, oracle, tmp_path, c
     # Continuing in place would mix our checkpoints into the original's dir: refused.
     assert training.main([*args[:-2], "--restore_continue"]) == 1
     assert "convert it first" in capsys.readouterr().err
+
+
+def test_original_readme_val_command_runs_as_written(oracle, tmp_path):
+    """`python val.py ../ckpts MODEL_ID DATASET --save_ours`, run from a folder beside the
+    checkpoints as the original README does (here with the fixture's job and `kodak`)."""
+    io, _ = oracle
+    (tmp_path / "ckpts").mkdir()
+    (tmp_path / "ckpts" / LOG_DIR_NAME).symlink_to(FIXTURE / LOG_DIR_NAME)
+    _crop_png(tmp_path / "val", io)
+    (tmp_path / "val" / "kodak").mkdir()
+    (tmp_path / "val" / "kodim19_crop.png").rename(tmp_path / "val" / "kodak" / "kodim19.png")
+    (tmp_path / "code").mkdir()
+    env = {**os.environ, "VAL_ROOT": str(tmp_path / "val"), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, str(ROOT / "val.py"), "../ckpts", JOB, "kodak",
+                             "--save_ours"], cwd=tmp_path / "code", env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    out_dir = tmp_path / "ckpts" / f"{JOB} kodak"
+    assert (out_dir / "imgs" / "kodim19.png").is_file()
+    assert "mean bpp=1.3375" in result.stdout
