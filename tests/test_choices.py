@@ -27,7 +27,7 @@ def _with(cfg: Config, **changes) -> Config:
     return Config(cfg.to_dict() | changes, cfg.source_path)
 
 
-def test_base_configs_are_the_original_and_cpu_gpu_keep_the_port_choices():
+def test_base_configs_are_the_original_and_cpu_gpu_the_shipped_recipe():
     original = {"tf_same_padding": True, "bottleneck_output_bn": True, "weight_init": "xavier",
                 "random_flip": True, "train_ms_ssim": "graph", "adam_epsilon": "tf1",
                 "epoch_steps": "floor", "output_uint8": "truncate"}
@@ -38,9 +38,12 @@ def test_base_configs_are_the_original_and_cpu_gpu_keep_the_port_choices():
         assert {k: cfg[k] for k in original} == original, name
     pc = load_config(ROOT / "pc_configs/cvpr/res_shallow")
     assert {k: pc[k] for k in original_pc} == original_pc
+    # The shipped models' recipe: the port's choices but the A/B's winner, BatchNorm at
+    # to_bn / h13 (README.md).
+    recipe = ckpt.LEGACY_AE_KEYS | {"bottleneck_output_bn": True}
     for name in ("cpu/med", "gpu/med", "gpu/hi_long_c192"):
         cfg = load_config(ROOT / "ae_configs" / name)
-        assert {k: cfg[k] for k in ckpt.LEGACY_AE_KEYS} == ckpt.LEGACY_AE_KEYS, name
+        assert {k: cfg[k] for k in recipe} == recipe, name
     for name in ("cpu/res_shallow", "gpu/res_shallow", "gpu/res_shallow_long"):
         cfg = load_config(ROOT / "pc_configs" / name)
         assert {k: cfg[k] for k in ckpt.LEGACY_PC_KEYS} == ckpt.LEGACY_PC_KEYS, name
