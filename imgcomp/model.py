@@ -23,9 +23,9 @@ class ImageCodec(nn.Module):
     """forward(x) runs the training/eval graph: encode, quantize, decode, and bit costs.
 
     Training decodes qbar (hard forward, soft gradient); eval mode decodes qhard. The
-    probability classifier sees the quantized volume with gradients stopped, as the original.
-    Its padding is the first centre; with `pad_gradient` (the original) the rate reaches that
-    centre through the padding, otherwise the padding is a constant.
+    probability classifier sees the quantized volume with gradients stopped, as the original,
+    and its padding, the first centre, is a constant (the original's tf.pad passes no gradient
+    to its pad value either).
     """
 
     def __init__(self, autoencoder: Autoencoder, quantizer: Quantizer,

@@ -8,6 +8,7 @@ import torch
 
 from imgcomp import checkpoint as ckpt
 from imgcomp.config import config_job_name
+from imgcomp.convert import TFLogDirError, configs_from_log_dir_name
 
 
 def test_save_list_load_and_keep(tmp_path):
@@ -81,3 +82,18 @@ def test_runs_started_together_get_distinct_job_ids(tmp_path, monkeypatch):
             tmp_path, f"ae_configs/cvpr/{n}", "pc_configs/cvpr/res_shallow", now), names))
     job_ids = sorted(ckpt.job_id_of(m) for m in made)
     assert job_ids == sorted(["0515_1103"] + [f"0515_1103_{i}" for i in range(1, 9)])
+
+
+def test_configs_of_an_original_log_dir_come_from_its_name(tmp_path, monkeypatch):
+    # The original wrote '-' in config names as '*' and appended RESTORE@... when restoring.
+    (tmp_path / "aes" / "x").mkdir(parents=True)
+    (tmp_path / "aes" / "x" / "lr1e-5").write_text("num_chan_bn = 8\n")
+    (tmp_path / "aes" / "x" / "lr1e-45").write_text("num_chan_bn = 9\n")
+    (tmp_path / "pcs").mkdir()
+    (tmp_path / "pcs" / "p").write_text("kernel_size = 3\n")
+    monkeypatch.setenv("CONFIG_BASE_AE", str(tmp_path / "aes"))
+    monkeypatch.setenv("CONFIG_BASE_PC", str(tmp_path / "pcs"))
+    ae, pc = configs_from_log_dir_name(tmp_path / "0101_0000 x@lr1e*5 p RESTORE@logs@0515_1103")
+    assert ae.num_chan_bn == 8 and pc.kernel_size == 3
+    with pytest.raises(TFLogDirError, match="config 'x@nothing' not found"):
+        configs_from_log_dir_name(tmp_path / "0101_0000 x@nothing p")
