@@ -22,14 +22,14 @@ import torch
 
 from imgcomp.config import Config, config_job_name, config_to_text, load_config
 from imgcomp.convert import (
+    RESTORE_PREFIX,
     TFLogDirError,
     configs_from_log_dir_name,
     is_tf_ckpt_dir,
-    load_tf_codec,
-    tf_variable_map,
+    read_tf_state,
 )
 from imgcomp.model import ImageCodec
-from imgcomp.tf_checkpoint import TFCheckpointError, list_tf_checkpoints, read_tf_checkpoint
+from imgcomp.tf_checkpoint import TFCheckpointError, list_tf_checkpoints
 
 CKPTS_DIRNAME = "ckpts"
 AE_CONFIG_NAME = "ae_config"
@@ -63,7 +63,7 @@ def restore_suffix(restore_dir: str | os.PathLike) -> str:
     path = Path(restore_dir)
     log_dir = path.parent if path.name == CKPTS_DIRNAME else path
     root = "" if str(log_dir.parent) == "." else str(log_dir.parent)
-    return f"RESTORE@{root.replace(os.sep, '@')}@{job_id_of(log_dir)}"
+    return f"{RESTORE_PREFIX}{root.replace(os.sep, '@')}@{job_id_of(log_dir)}"
 
 
 def make_log_dir(log_dir_root: str | os.PathLike, ae_config_path: str | os.PathLike,
@@ -259,13 +259,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     names, without the original's optimizer states."""
     path = Path(path)
     if path.with_name(path.name + ".index").is_file():
-        with _as_checkpoint_error():
-            log_dir = path.parent.parent
-            model = load_tf_codec(log_dir, path)
-            step = read_tf_checkpoint(path, ["global_step"])["global_step"]
-            num_groups = configs_from_log_dir_name(log_dir)[0].arch_param_B
-        tf_names = {ours: tf for ours, tf, _ in tf_variable_map(num_groups)}
-        return {"step": int(step), "model": model.state_dict(), "tf_names": tf_names}
+        with _as_checkpoint_error():  # log_dir/ckpts/ckpt-STEP
+            return read_tf_state(path, *configs_from_log_dir_name(path.parent.parent))
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many kinds on truncated/corrupt files

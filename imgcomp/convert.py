@@ -19,6 +19,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ from imgcomp.tf_checkpoint import TFCheckpointError, read_tf_checkpoint
 # Where `cvpr@med` is looked up: $CONFIG_BASE_AE / $CONFIG_BASE_PC (as the original), the
 # working directory's ae_configs / pc_configs (the original's default), then this checkout's.
 _REPO_ROOT = Path(__file__).resolve().parents[1]
-_RESTORE_PREFIX = "RESTORE@"
+RESTORE_PREFIX = "RESTORE@"  # of a log dir made by restoring another (checkpoint.py)
 
 
 class TFLogDirError(ValueError):
@@ -66,7 +67,7 @@ def _resolve_config(component: str, kind: str, log_dir: Path) -> Path:
 def configs_from_log_dir_name(log_dir: str | os.PathLike) -> tuple[Config, Config]:
     """The ae and pc configs a log dir is named after, as the original's val.py finds them."""
     log_dir = Path(log_dir)
-    parts = [p for p in log_dir.name.split(" ")[1:] if _RESTORE_PREFIX not in p]
+    parts = [p for p in log_dir.name.split(" ")[1:] if RESTORE_PREFIX not in p]
     if len(parts) != 2:
         raise TFLogDirError(f"{log_dir}: name is not '<JOB_ID> <ae config> <pc config>'")
     try:
@@ -126,35 +127,29 @@ def tf_variable_map(num_groups: int) -> list[tuple[str, str, tuple]]:
     return mapping
 
 
-def load_tf_weights(model: ImageCodec, prefix: str | os.PathLike, num_groups: int) -> None:
-    """Copy the original's variables of checkpoint `prefix` into `model` (which must be the
-    original's graph: TF 'SAME' padding, BatchNorm at to_bn / h13). Adam slots, beta powers
-    and global_step are not read."""
-    mapping = tf_variable_map(num_groups)
-    state = model.state_dict()
+def read_tf_state(prefix: str | os.PathLike, ae_cfg: Config, pc_cfg: Config
+                  ) -> dict[str, Any]:
+    """Checkpoint `prefix` of the original as a checkpoint of ours: {"step", "model" (the
+    state dict of the configs' model, which must be the original's graph: TF 'SAME' padding,
+    BatchNorm at to_bn / h13), "tf_names" (our name -> the original's)}. The Adam slots and
+    beta powers are not read."""
+    mapping = tf_variable_map(ae_cfg.arch_param_B)
+    state = ImageCodec.from_configs(ae_cfg, pc_cfg).state_dict()  # names and shapes
     unmapped = sorted(k for k in state if not k.endswith("num_batches_tracked")
                       and k not in {ours for ours, _, _ in mapping})
     if unmapped:
         raise TFLogDirError(f"{prefix}: the configured model is not the original's graph "
                             f"(no TF variable for {', '.join(unmapped[:3])}; set "
                             "tf_same_padding / bottleneck_output_bn = True)")
-    tensors = read_tf_checkpoint(prefix, [tf for _, tf, _ in mapping])
-    new_state = {}
+    tensors = read_tf_checkpoint(prefix, [tf for _, tf, _ in mapping] + ["global_step"])
     for ours, tf, axes in mapping:
         value = torch.from_numpy(np.ascontiguousarray(tensors[tf].transpose(axes or None)))
         if value.shape != state[ours].shape:
             raise TFLogDirError(f"{prefix}: {tf} has shape {tuple(tensors[tf].shape)}, the "
                                 f"configured model needs {tuple(state[ours].shape)} for {ours}")
-        new_state[ours] = value
-    model.load_state_dict(new_state, strict=False)
-
-
-def load_tf_codec(log_dir: str | os.PathLike, prefix: str | os.PathLike) -> ImageCodec:
-    """Our model of an original log dir's checkpoint `prefix`, in eval mode."""
-    ae_cfg, pc_cfg = configs_from_log_dir_name(log_dir)
-    model = ImageCodec.from_configs(ae_cfg, pc_cfg)
-    load_tf_weights(model, prefix, ae_cfg.arch_param_B)
-    return model.eval()
+        state[ours] = value
+    return {"step": int(tensors["global_step"]), "model": state,
+            "tf_names": {ours: tf for ours, tf, _ in mapping}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,14 +169,13 @@ def main(argv: list[str] | None = None) -> int:
         ckpt_dir = log_dir / ckpt.CKPTS_DIRNAME
         if not is_tf_ckpt_dir(ckpt_dir):
             raise TFLogDirError(f"{log_dir} has no TF checkpoints (ckpt-STEP.index)")
-        prefix = ckpt.checkpoint_path(ckpt_dir, args.restore_itr)
-        step = dict((p, s) for s, p in ckpt.list_checkpoints(ckpt_dir))[prefix]
-        model = load_tf_codec(log_dir, prefix)
         ae_cfg, pc_cfg = configs_from_log_dir_name(log_dir)
+        state = read_tf_state(ckpt.checkpoint_path(ckpt_dir, args.restore_itr), ae_cfg, pc_cfg)
         out_dir = Path(args.out_root) / log_dir.name / ckpt.CKPTS_DIRNAME
         out_dir.mkdir(parents=True, exist_ok=True)
         ckpt.write_configs(out_dir, ae_cfg, pc_cfg)
-        path = ckpt.save_checkpoint(out_dir, step, {"model": model.state_dict()}, keep=0)
+        step = state["step"]
+        path = ckpt.save_checkpoint(out_dir, step, {"model": state["model"]}, keep=0)
     except (ckpt.CheckpointError, TFLogDirError, TFCheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -459,7 +459,7 @@ def make_loader(
         if train:
             # Each worker batches its own part of the records (drop_last): a worker with
             # fewer records than a batch would yield nothing.
-            num_workers = max(min(num_workers, num_images // world_size // batch_size), 0)
+            num_workers = min(num_workers, num_images // world_size // batch_size)
     else:
         paths = resolve_image_paths(spec)
         num_images = len(paths)

@@ -54,9 +54,10 @@ def compute_loss(model: ImageCodec, out: CodecOutput, x: Tensor, ae_cfg, pc_cfg)
     evaluating = not model.training
     msssim = ms_ssim(out.x_hat, x, definition=ae_cfg.train_ms_ssim)
     mse_float = mse_per_image(out.x_hat, x, truncate=False)
-    mse_logged = mse_per_image(out.x_hat, x, truncate=evaluating or kind != "mse").mean()
+    mse_int = mse_per_image(out.x_hat, x, truncate=True)
+    mse_logged = (mse_int if evaluating or kind != "mse" else mse_float).mean()
     # PSNR as the original: the batch mean of each image's PSNR.
-    psnr_images = psnr_from_mse(mse_per_image(out.x_hat, x, evaluating or kind != "psnr"))
+    psnr_images = psnr_from_mse(mse_int if evaluating or kind != "psnr" else mse_float)
     if kind == "ms_ssim":
         distortion = ae_cfg.K_ms_ssim * (1 - msssim)
     elif kind == "psnr":

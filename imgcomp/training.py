@@ -199,8 +199,9 @@ class TF1Adam(torch.optim.Adam):
     @torch.no_grad()
     def step(self, closure=None):
         for group in self.param_groups:
-            steps = [self.state[p]["step"] for p in group["params"] if "step" in self.state[p]]
-            t = 1 + (int(steps[0]) if steps else 0)
+            # All parameters of a group have taken the same number of steps.
+            state = self.state.get(group["params"][0], {})
+            t = 1 + (int(state["step"]) if "step" in state else 0)
             group["eps"] = self.tf_eps / math.sqrt(1.0 - group["betas"][1] ** t)
         return super().step(closure)
 
@@ -232,6 +233,12 @@ def lr_factor(cfg: Config, step: int, steps_per_epoch: float) -> float:
     if cfg.lr_schedule_decay_staircase:
         exponent = math.floor(exponent)
     return cfg.lr_schedule_decay_rate**exponent
+
+
+def skip_matches(pattern: str, name: str, state: dict[str, Any]) -> bool:
+    """--restore_skip_vars: `pattern` is part of the variable's name (for a checkpoint of the
+    original, also of its TF variable name)."""
+    return pattern in name or pattern in state.get("tf_names", {}).get(name, "")
 
 
 class Trainer:
@@ -330,11 +337,8 @@ class Trainer:
         `global_step` (then step and schedules start at 0) and the optimizer states
         `Adam_AE` / `Adam_PC`. Any skipping starts the optimizer states afresh. Returns the
         names skipped."""
-        # A checkpoint of the original also matches by its TF variable names.
-        tf_names = state.get("tf_names", {})
-
         def skipped(name: str) -> bool:
-            return any(s in name or s in tf_names.get(name, "") for s in skip_vars)
+            return any(skip_matches(s, name, state) for s in skip_vars)
 
         names = [*state["model"], "global_step", "Adam_AE", "Adam_PC"]
         model_state = {k: v for k, v in state["model"].items() if not skipped(k)}
@@ -492,9 +496,7 @@ def train(args: argparse.Namespace, world: World, device: torch.device) -> int:
                 f"variable(s){': ' + ', '.join(model_vars[:5]) if model_vars else ''}"
                 f"{' ...' if len(model_vars) > 5 else ''}"
                 f"{'; ' + ', '.join(others) if others else ''}; optimizer states start afresh")
-            tf_names = state.get("tf_names", {})
-            unmatched = [v for v in skip
-                         if not any(v in n or v in tf_names.get(n, "") for n in skipped)]
+            unmatched = [v for v in skip if not any(skip_matches(v, n, state) for n in skipped)]
             if unmatched:
                 log(f"note: --restore_skip_vars {', '.join(unmatched)} matches no variable")
         fresh = ("" if "ae_optimizer" in state
