@@ -18,16 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
-from imgcomp.codecs import CODECS, main, mean_measures
-from imgcomp.evaluation import read_measures_csv, resolve_images
+from imgcomp.codecs import CODECS, main
+from imgcomp.imageio import resolve_images
+from imgcomp.measures import mean_measures, read_measures_csv
 
 BPP_POINTS = (0.370, 0.677, 1.051)
 
 
 def interpolated_ms_ssim(codec_dir: Path) -> list[float]:
     """MS-SSIM of the mean curve in `codec_dir`/*/measures.csv at BPP_POINTS (NaN outside)."""
-    points = sorted(mean_measures(read_measures_csv(p))[:2]
-                    for p in codec_dir.glob("*/measures.csv"))
+    means = [mean_measures(read_measures_csv(p)) for p in codec_dir.glob("*/measures.csv")]
+    points = sorted((m.bpp, m.ms_ssim) for m in means)
     bpp, msssim = np.array(points).T
     return [float(v) for v in np.interp(BPP_POINTS, bpp, msssim, left=np.nan, right=np.nan)]
 

@@ -13,15 +13,13 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from imgcomp import coding
-from imgcomp.autoencoder import pad_to_multiple
-from imgcomp.bitstream import ImageCompressor, unpack
+from imgcomp.bitstream import unpack
 from imgcomp.checkpoint import load_codec
 from imgcomp.config import load_config
-from imgcomp.data import load_image_rgb
+from imgcomp.imageio import read_image
 from imgcomp.model import ImageCodec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     kodak = Path(os.environ.get("KODAK_DIR", ROOT.parent / "shared/data/kodak"))
-    image = load_image_rgb(kodak / args.image)
+    image = read_image(kodak / args.image)
     h, w = image.shape[:2]
     if args.model:
         model = load_codec(Path(args.model) / "ckpts")
@@ -44,16 +42,16 @@ def main() -> None:
         model = ImageCodec.from_configs(load_config(ROOT / "ae_configs/cvpr/med"),
                                         load_config(ROOT / "pc_configs/cvpr/res_shallow"))
         model.autoencoder.to(memory_format=torch.channels_last)
-    compressor = ImageCompressor(model)
+        model.eval()
     print(f"{args.image} {w}x{h}, {'trained ' + args.model if args.model else 'random'} "
           f"cvpr/med-sized model, {args.threads} threads")
-    compressor.decompress(compressor.compress(image[:64, :64]))  # warm-up
+    model.decompress(model.compress(image[:64, :64]))  # warm-up
 
     # Encode: image -> file.
     start = time.perf_counter()
-    symbols = compressor.symbols(image)
+    symbols = model.symbols(image)
     t_net = time.perf_counter()
-    data, theory_bits = compressor.encode_symbols(symbols, h, w)
+    data, theory_bits = model.encode_symbols(symbols, h, w)
     t_end = time.perf_counter()
     encode_s = t_end - start
     print(f"encode: {encode_s:.2f} s = autoencoder {t_net - start:.2f} s + context model and "
@@ -72,22 +70,20 @@ def main() -> None:
 
     coding.probabilities = timed_probabilities
     start = time.perf_counter()
-    header, decoded = compressor.decode_symbols(data)
+    header, decoded = model.decode_symbols(data)
     t_symbols = time.perf_counter()
-    compressor.reconstruct(decoded, h, w)
+    model.reconstruct(decoded, h, w)
     t_end = time.perf_counter()
     coding.probabilities = real_probabilities
     decode_s = t_end - start
-    steps = len(compressor.context.plan(tuple(symbols.shape)).steps)
+    steps = len(model.coder()[1].plan(tuple(symbols.shape)).steps)
     print(f"decode: {decode_s:.2f} s = context model wavefront {t_symbols - start - coder_time:.2f}"
           f" s ({steps} steps) + probability tables {coder_time:.2f} s (range decoding "
           f"included in the wavefront) + autoencoder {t_end - t_symbols:.2f} s")
     assert torch.equal(decoded, symbols), "decoded symbols differ"
     unpack(data)
 
-    x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float()
-    with torch.no_grad():
-        float_bits = float(model.eval()(pad_to_multiple(x)).bitcost.double().sum())
+    float_bits = model.bits(symbols)
     real_bpp, est_bpp = 8 * len(data) / (h * w), float_bits / (h * w)
     print(f"bpp: real {real_bpp:.4f} (file {len(data)} bytes), integer-model cross-entropy "
           f"{theory_bits / (h * w):.4f}, float cross-entropy (estimate) {est_bpp:.4f}")

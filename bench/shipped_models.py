@@ -21,8 +21,7 @@ import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from imgcomp.checkpoint import CKPTS_DIRNAME, job_id_of, list_checkpoints
-from imgcomp.codecs import mean_measures as codec_means
-from imgcomp.evaluation import read_measures_csv
+from imgcomp.measures import MeanMeasures, mean_measures, read_measures_csv
 from imgcomp.plotting import PAPER_LABEL, load_codec_curves
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,13 +49,12 @@ def training_hours(log_dir: Path) -> float:
     return total / 3600
 
 
-def mean_measures(job: str, dataset: str) -> tuple[int, float, float, float] | None:
-    """(images, bpp, MS-SSIM, PSNR) means of a job's committed results, None if absent."""
+def job_means(job: str, dataset: str) -> MeanMeasures | None:
+    """Means of a job's committed results, None if absent."""
     path = SHIPPED / f"{job} {dataset}" / "measures.csv"
     if not path.is_file():
         return None
-    measures = read_measures_csv(path)
-    return (len(measures), *codec_means(measures))
+    return mean_measures(read_measures_csv(path))
 
 
 def models_table() -> list[str]:
@@ -66,11 +64,11 @@ def models_table() -> list[str]:
         job = job_id_of(log_dir)
         _, ae, pc = log_dir.name.split(" ")
         step = list_checkpoints(log_dir)[-1][0]
-        _, bpp, msssim, psnr = mean_measures(job, "kodak")
+        means = job_means(job, "kodak")
         hours = training_hours(log_dir)
         took = f"{hours:.1f} h" if hours >= 1 else f"{60 * hours:.1f} min"
         rows.append(f"| {job} | {ae} {pc} | {step} | {took} | "
-                    f"{bpp:.4f} | {msssim:.4f} | {psnr:.2f} |")
+                    f"{means.bpp:.4f} | {means.ms_ssim:.4f} | {means.psnr:.2f} |")
     return rows
 
 
@@ -86,14 +84,14 @@ def results_section() -> list[str]:
     header = "| model | " + " | ".join(f"{label} bpp | {label} MS-SSIM | {label} PSNR"
                                         for _, label, _ in DATASETS) + " |"
     rows = [header, "|---" * (1 + 3 * len(DATASETS)) + "|"]
-    by_rate = sorted(shipped_log_dirs(), key=lambda d: mean_measures(job_id_of(d), "kodak")[1])
+    by_rate = sorted(shipped_log_dirs(), key=lambda d: job_means(job_id_of(d), "kodak").bpp)
     for log_dir in by_rate:
         job = job_id_of(log_dir)
         cells = [f"{log_dir.name.split(' ')[1]} ({job})"]
         for dataset, _, _ in DATASETS:
-            means = mean_measures(job, dataset)
+            means = job_means(job, dataset)
             cells += (["n/a"] * 3 if means is None else
-                      [f"{means[1]:.4f}", f"{means[2]:.4f}", f"{means[3]:.2f}"])
+                      [f"{means.bpp:.4f}", f"{means.ms_ssim:.4f}", f"{means.psnr:.2f}"])
         rows.append("| " + " | ".join(cells) + " |")
     bd = {dataset: read_bd_rates(plot) for dataset, _, plot in DATASETS}
     anchors = list(dict.fromkeys(a for rates in bd.values() for a in rates))
@@ -120,17 +118,17 @@ def equal_bpp_table(by_rate: list[Path]) -> list[str]:
             + " |", "|---" * (1 + len(DATASETS) * len(rates)) + "|"]
     gaps: dict[str, dict[str, list[str]]] = {}
     for dataset, _, _ in DATASETS:
-        ours = [mean_measures(job_id_of(d), dataset) for d in by_rate]
+        ours = [job_means(job_id_of(d), dataset) for d in by_rate]
         for codec in load_codec_curves(OTHER_CODECS, dataset, "ms-ssim"):
             cells = gaps.setdefault(codec.label, {}).setdefault(dataset, [])
             for means in ours:
                 if means is None:  # this model not validated on the dataset
                     cells.append("n/a")
                     continue
-                _, bpp, msssim, _ = means
-                theirs = np.interp(bpp, codec.bpp, codec.metric, left=np.nan, right=np.nan)
+                theirs = np.interp(means.bpp, codec.bpp, codec.metric, left=np.nan,
+                                   right=np.nan)
                 cells.append("outside its curve" if np.isnan(theirs)
-                             else f"{msssim - theirs:+.5f}")
+                             else f"{means.ms_ssim - theirs:+.5f}")
     for codec, by_dataset in gaps.items():
         cells = [c for d, _, _ in DATASETS for c in by_dataset.get(d, ["n/a"] * len(rates))]
         rows.append(f"| {codec} | " + " | ".join(cells) + " |")

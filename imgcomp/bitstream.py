@@ -1,5 +1,5 @@
-"""Compressed image files: a small versioned header plus the range-coded symbols, and the
-Python API `compress(image) -> bytes` / `decompress(bytes) -> image`.
+"""Compressed image files: a small versioned header plus the range-coded symbols. The model
+writes and reads them (`ImageCodec.compress/decompress`); this module owns the format.
 
 File layout (little-endian):
     magic  b"IMGC" | version u8 | model fingerprint 8 bytes | image height u32, width u32 |
@@ -9,23 +9,14 @@ File layout (little-endian):
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import os
 import struct
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
+from torch import nn
 
-from imgcomp import checkpoint as ckpt
-from imgcomp.autoencoder import SUBSAMPLING, pad_to_multiple
-from imgcomp.coding import IntegerContextModel, decode_symbols, encode_symbols
-from imgcomp.data import load_image_rgb
-from imgcomp.model import ImageCodec
+from imgcomp.autoencoder import SUBSAMPLING
 
 MAGIC = b"IMGC"
 FORMAT_VERSION = 1
@@ -48,7 +39,7 @@ class Header:
     payload_length: int
 
 
-def model_fingerprint(model: ImageCodec) -> bytes:
+def model_fingerprint(model: nn.Module) -> bytes:
     """8 bytes of SHA-256 over the weights (names, dtypes, shapes, values) that coding uses."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
@@ -90,109 +81,3 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
         raise BitstreamError(f"invalid header: latent {h}x{w} does not fit image "
                              f"{height}x{width}")
     return Header(fingerprint, height, width, (c, h, w), length), payload
-
-
-def _to_uint8_rgb(image) -> np.ndarray:
-    if isinstance(image, str | os.PathLike):
-        return load_image_rgb(image)
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
-    array = np.asarray(image)
-    if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=2)
-    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-        raise ValueError(f"expected an H x W x 3 uint8 image, got {array.shape} {array.dtype}")
-    return array
-
-
-class ImageCompressor:
-    """A trained model ready to compress images to bytes and back."""
-
-    def __init__(self, model: ImageCodec, device: torch.device | str = "cpu") -> None:
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
-        self.context = IntegerContextModel(model.probclass, model.quantizer.centers,
-                                           model.pad_value())
-        self.fingerprint = model_fingerprint(model)
-
-    @classmethod
-    def from_log_dir(cls, log_dir: str | os.PathLike, step: int = -1,
-                     device: torch.device | str = "cpu") -> ImageCompressor:
-        """Load a job's log dir (or its ckpts/) at checkpoint `step` (-1: latest)."""
-        ckpt_dir = ckpt.ckpt_dir_of(Path(log_dir))
-        return cls(ckpt.load_codec(ckpt_dir, step, torch.device(device)), device)
-
-    @torch.no_grad()
-    def symbols(self, image: np.ndarray) -> torch.Tensor:
-        """(C, h, w) symbols of an H x W x 3 uint8 image (edge-padded to a multiple of 8)."""
-        x = torch.from_numpy(np.array(image)).to(self.device)
-        x = pad_to_multiple(x.permute(2, 0, 1).unsqueeze(0).float())
-        z, _ = self.model.autoencoder.encode(x.contiguous(memory_format=torch.channels_last))
-        return self.model.quantizer.symbols(z)[0].cpu()
-
-    @torch.no_grad()
-    def reconstruct(self, symbols: torch.Tensor, height: int, width: int) -> np.ndarray:
-        q = self.model.quantizer.dequantize(symbols.to(self.device)).unsqueeze(0)
-        x_hat = self.model.autoencoder.decode(q.contiguous(memory_format=torch.channels_last))
-        x_hat = self.model.to_uint8(x_hat[0, :, :height, :width])
-        return x_hat.permute(1, 2, 0).cpu().numpy()
-
-    def encode_symbols(self, symbols: torch.Tensor, height: int, width: int
-                       ) -> tuple[bytes, float]:
-        """(file bytes, cross-entropy bits of the symbols under the coding probabilities)."""
-        words, bits = encode_symbols(self.context, symbols)
-        header = Header(self.fingerprint, height, width, tuple(symbols.shape), words.nbytes)
-        return pack(header, words.astype("<u4").tobytes()), bits
-
-    def decode_symbols(self, data: bytes) -> tuple[Header, torch.Tensor]:
-        header, payload = unpack(data)
-        if header.fingerprint != self.fingerprint:
-            raise BitstreamError(f"file was compressed with another model (fingerprint "
-                                 f"{header.fingerprint.hex()}, this model is "
-                                 f"{self.fingerprint.hex()})")
-        num_channels = self.model.autoencoder.num_channels
-        if header.latent_shape[0] != num_channels:
-            raise BitstreamError(f"invalid header: {header.latent_shape[0]} channels, model "
-                                 f"has {num_channels}")
-        words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
-        try:
-            symbols = decode_symbols(self.context, words, header.latent_shape)
-        except (ValueError, RuntimeError) as e:  # constriction on undecodable data
-            raise BitstreamError(f"file is corrupted: {e}") from e
-        return header, symbols
-
-    def compress(self, image) -> bytes:
-        """Image (path, PIL image, or H x W x 3 uint8 array) -> compressed bytes."""
-        array = _to_uint8_rgb(image)
-        return self.encode_symbols(self.symbols(array), *array.shape[:2])[0]
-
-    def decompress(self, data: bytes) -> np.ndarray:
-        """Compressed bytes -> H x W x 3 uint8 image; BitstreamError if undecodable."""
-        header, symbols = self.decode_symbols(data)
-        return self.reconstruct(symbols, header.height, header.width)
-
-
-# The shipped model used when none is named: a log dir in the repository's ckpts/ (found
-# from an editable install or a checkout).
-SHIPPED_CKPTS = Path(__file__).resolve().parents[1] / "ckpts"
-DEFAULT_JOB = "1126_0305_2"  # gpu@med
-
-
-def default_model_dir() -> Path:
-    """Log dir of the default shipped model; CheckpointError if it is not there."""
-    return ckpt.find_log_dir(SHIPPED_CKPTS, DEFAULT_JOB)
-
-
-@functools.lru_cache(maxsize=2)
-def _compressor(model: str) -> ImageCompressor:
-    return ImageCompressor.from_log_dir(model)
-
-
-def compress(image, model: str | os.PathLike | None = None) -> bytes:
-    """Compress an image with a job's model (default: the shipped default model)."""
-    return _compressor(str(model or default_model_dir())).compress(image)
-
-
-def decompress(data: bytes, model: str | os.PathLike | None = None) -> np.ndarray:
-    """Decompress bytes made by `compress` with the same model."""
-    return _compressor(str(model or default_model_dir())).decompress(data)

@@ -7,12 +7,12 @@ import sys
 import time
 from pathlib import Path
 
-from PIL import Image
-
-from imgcomp.bitstream import DEFAULT_JOB, BitstreamError, ImageCompressor, default_model_dir
+from imgcomp.api import DEFAULT_JOB, default_model_dir, load_model
+from imgcomp.bitstream import BitstreamError
 from imgcomp.checkpoint import CheckpointError
 from imgcomp.config import ConfigError
-from imgcomp.data import ImageReadError, load_image_rgb
+from imgcomp.device import select_device
+from imgcomp.imageio import ImageReadError, read_image, write_image
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -33,20 +33,21 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
+    device = select_device(args.device)
     try:
         model_dir = args.model or default_model_dir()
-        compressor = ImageCompressor.from_log_dir(model_dir, args.step, args.device)
+        model = load_model(model_dir, args.step, device)
         start = time.perf_counter()
         if args.command == "encode":
-            image = load_image_rgb(args.input)
-            data = compressor.compress(image)
+            image = read_image(args.input)
+            data = model.compress(image)
             Path(args.output).write_bytes(data)
             h, w = image.shape[:2]
             print(f"{args.input} ({w}x{h}) -> {args.output}: {len(data)} bytes, "
                   f"{8 * len(data) / (h * w):.4f} bpp, {time.perf_counter() - start:.2f} s")
         else:
-            image = compressor.decompress(Path(args.input).read_bytes())
-            Image.fromarray(image).save(args.output)
+            image = model.decompress(Path(args.input).read_bytes())
+            write_image(args.output, image)
             print(f"{args.input} -> {args.output} ({image.shape[1]}x{image.shape[0]}), "
                   f"{time.perf_counter() - start:.2f} s")
     except (BitstreamError, CheckpointError, ConfigError, ImageReadError, OSError) as e:

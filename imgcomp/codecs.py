@@ -28,10 +28,17 @@ import PIL
 from PIL import Image, features
 from tqdm import tqdm
 
-from imgcomp.data import ImageReadError, load_image_rgb
-from imgcomp.evaluation import Measure, measure, resolve_images, write_measures_csv
+from imgcomp.imageio import ImageReadError, read_image, resolve_images
+from imgcomp.measures import Measure, mean_measures, measure, write_measures_csv
 
 Setting = int | float  # a quality or compression ratio; float only where Codec.fractional
+DEFAULT_RESULTS_ROOT = "other_codecs"
+
+
+def results_root(path: str | os.PathLike | None = None) -> Path:
+    """Root of the codecs' measures (other_codecs.py writes it, plotter.py reads it): `path` if
+    given, else $OTHER_CODECS_ROOT, else ./other_codecs."""
+    return Path(path or os.environ.get("OTHER_CODECS_ROOT") or DEFAULT_RESULTS_ROOT)
 
 
 @dataclass(frozen=True)
@@ -96,7 +103,7 @@ CODECS: dict[str, Codec] = {
 def roundtrip(codec: Codec, original: np.ndarray, value: Setting) -> tuple[int, np.ndarray]:
     """(encoded size in bits, decoded H x W x 3 uint8) of `original` at one setting."""
     data = codec.encode(Image.fromarray(original), value)
-    decoded = load_image_rgb(data, name=f"{codec.name} {codec.folder(value)} output")
+    decoded = read_image(data, name=f"{codec.name} {codec.folder(value)} output")
     if decoded.shape != original.shape:  # measures would compare different pixels
         raise RuntimeError(f"{codec.name} decoded {decoded.shape}, expected {original.shape}")
     return len(data) * 8, decoded
@@ -117,7 +124,7 @@ class _Result(NamedTuple):
 def _run_task(task: _Task) -> _Result:
     # Errors travel back as values: an exception would end a pool's whole iteration.
     try:
-        original = load_image_rgb(task.path)
+        original = read_image(task.path)
     except ImageReadError as exc:
         return _Result(task, [], str(exc))
     codec = CODECS[task.codec]
@@ -176,15 +183,6 @@ def _gather(results: Iterable[_Result], bar: tqdm) -> list[_Result]:
     return gathered
 
 
-def mean_measures(measures: Sequence[Measure]) -> tuple[float, float, float]:
-    """(mean bpp, mean MS-SSIM, mean PSNR) over images: the points of a codec's mean curve."""
-    return (
-        float(np.mean([m.bpp for m in measures])),
-        float(np.mean([m.ms_ssim for m in measures])),
-        float(np.mean([m.psnr for m in measures])),
-    )
-
-
 def _parse_setting(text: str) -> Setting:
     value = float(text)
     if not np.isfinite(value):
@@ -227,8 +225,9 @@ def _print_table(codec: Codec, by_value: dict[Setting, list[Measure]], folder: P
           f"{features.version(codec.feature)}; {num_images} images) -> {folder}")
     print(f"  {'setting':<10} {'bpp':>7} {'ms-ssim':>8} {'psnr':>7}")
     for value, measures in by_value.items():
-        bpp, msssim, psnr = mean_measures(measures)
-        print(f"  {codec.folder(value):<10} {bpp:7.4f} {msssim:8.5f} {psnr:7.3f}")
+        means = mean_measures(measures)
+        print(f"  {codec.folder(value):<10} {means.bpp:7.4f} {means.ms_ssim:8.5f} "
+              f"{means.psnr:7.3f}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,8 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a folder of images, a quoted glob, or 'kodak' ($VAL_ROOT/kodak)")
     parser.add_argument("--codecs", default=",".join(CODECS),
                         help=f"comma-separated subset of {','.join(CODECS)} (default: all)")
-    parser.add_argument("--out", default=os.environ.get("OTHER_CODECS_ROOT", "other_codecs"),
-                        help="output root (default: $OTHER_CODECS_ROOT, else ./other_codecs)")
+    parser.add_argument("--out", help="output root (default: $OTHER_CODECS_ROOT, else "
+                                      f"./{DEFAULT_RESULTS_ROOT})")
     parser.add_argument("--qualities", nargs="+", metavar="[CODEC=]V,V",
                         help="settings instead of the default grids: quality for jpeg, webp "
                              "and avif (webp also fractional, e.g. 75.5), compression ratio "
@@ -279,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: none of the {len(paths)} images could be read", file=sys.stderr)
         return 1
     for name, by_value in results.items():
-        folder = Path(args.out) / dataset / name
+        folder = results_root(args.out) / dataset / name
         for value, measures in by_value.items():
             write_measures_csv(folder / CODECS[name].folder(value) / "measures.csv", measures)
         _print_table(CODECS[name], by_value, folder)

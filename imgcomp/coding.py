@@ -9,9 +9,12 @@ every partial sum stays below 2^53, so any summation order gives the exact same 
 Logits become probabilities through an integer exp table, and constriction's range coder
 quantizes identical float64 inputs identically.
 
+The integer network is derived from the classifier's own description of its layers
+(ProbClassifier.layers): any depth, width, kernel size and residual skips.
+
 Speed: encoding computes all logits in one pass over the volume. Decoding follows a wavefront
 t = 4*c + 2*h + w (for 3x3 kernels): every position of every layer is computed exactly
-once, at step t, from cached activations of the layer below (the idea of Fast PixelCNN++),
+once, at step t, from cached activations of the layers below (the idea of Fast PixelCNN++),
 and all symbols of a step are decoded together. A Kodak image (C=32 x 64 x 96 symbols)
 takes 376 steps.
 """
@@ -25,12 +28,14 @@ import constriction
 import numpy as np
 import torch
 
-from imgcomp.probclass import ProbClassifier, causal_mask
+from imgcomp.probclass import ContextLayer, ProbClassifier, causal_mask
 
 ACT_FRAC_BITS = 16  # activations and logits are multiples of 2^-16
 WEIGHT_BITS = 15  # |integer weight| <= 2^15
 ACT_LIMIT = 2.0**26  # activations clamped to +-2^26 / 2^16 = +-1024
-# Bound on |sum|: taps*Cin (<= 2^10 for k <= 64) * 2^15 * 2^26 = 2^51 < 2^53 (exact in float64).
+# |sum| <= taps*Cin * 2^15 * 2^26: below 2^53 (exact in float64) for taps*Cin < 2^12, e.g.
+# 14 taps x k = 64 for 3x3 kernels; _integer_layer checks it.
+_EXACT_SUM = 2.0**53
 _TABLE_FRAC_BITS = 12  # the exp table's resolution in logit units: 2^-12
 _EXP_TABLE_SIZE = 24 << _TABLE_FRAC_BITS  # exp(-24) ~ 4e-11: smaller probabilities are floored
 # round(2^32 * exp(-2^-12)), fixed here so the table does not depend on the platform's exp.
@@ -57,11 +62,14 @@ def probabilities(logits: torch.Tensor) -> np.ndarray:
 
 
 def _wavefront_time(d: np.ndarray, h: np.ndarray, w: np.ndarray, reach: int) -> np.ndarray:
-    """t = a*c + b*h + w for kernels reaching `reach` = K//2 positions per layer (a=4, b=2
-    for K=3). Every tap of a layer lies at a time <= its own (activations of the layer below,
-    computed earlier in the same step) and every symbol tap of the first layer at a time < its
-    own: within a channel, a row above reaches `reach` columns right (b > reach); the previous
-    channel is visible in a window of +-reach rows and columns (a > b*reach + reach)."""
+    """t = a*c + b*h + w for kernels reaching at most `reach` = K//2 positions per layer (a=4,
+    b=2 for K=3). Whatever the depth, every tap of a layer lies at a time <= its own (the
+    layer below, computed earlier in the same step; likewise a residual skip, which reads an
+    earlier layer at the same position) and every symbol tap of the first layer, whose mask
+    excludes the centre, at a time < its own (decoded at an earlier step): within a channel,
+    a row above reaches `reach` columns right (b > reach); earlier channels are visible in a
+    window of +-reach rows and columns (a > b*reach + reach). IntegerContextModel checks
+    these inequalities for its layers."""
     b = reach + 1
     a = b * reach + reach + 1
     return a * d + b * h + w
@@ -71,26 +79,34 @@ def _wavefront_time(d: np.ndarray, h: np.ndarray, w: np.ndarray, reach: int) -> 
 class _Layer:
     """One masked conv as integer taps: weight (taps*Cin, Cout), bias (Cout,), its offsets."""
 
+    name: str
     weight: torch.Tensor  # float64, integer-valued, scale 2^(12 + frac_bits)
     bias: torch.Tensor  # float64, integer-valued, scale 2^(12 + frac_bits)
     frac_bits: int
     offsets: np.ndarray  # (taps, 3) aligned (depth, h, w) offsets into the layer below
+    reach: int  # K//2: the layer's output shrinks by it in front and on each spatial side
     relu: bool
+    skip_from: int | None  # its output += that earlier layer's output (aligned), before relu
 
 
-def _integer_layer(conv: torch.nn.Conv3d, include_centre: bool, relu: bool) -> _Layer:
+def _integer_layer(layer: ContextLayer) -> _Layer:
+    conv = layer.conv
     weight = conv.weight.detach().double().cpu()  # (Cout, Cin, D, K, K)
     k = weight.shape[-1]
     depth = weight.shape[2]
-    mask = causal_mask(k, include_centre)
+    mask = causal_mask(k, conv.include_centre)
     taps = [tuple(t) for t in torch.nonzero(mask).tolist()]
+    if len(taps) * weight.shape[1] * 2.0**WEIGHT_BITS * ACT_LIMIT >= _EXACT_SUM:
+        raise ValueError(f"{layer.name}: {len(taps)} taps x {weight.shape[1]} channels is too "
+                         f"wide for exact float64 sums")
     max_abs = float(weight.abs().max()) or 1.0
     frac_bits = int(np.floor(np.log2(2.0**WEIGHT_BITS / max_abs)))
     w_taps = torch.stack([weight[:, :, kd, kh, kw] for kd, kh, kw in taps])  # (T, Cout, Cin)
     w_int = torch.round(w_taps * 2.0**frac_bits).permute(0, 2, 1).reshape(-1, weight.shape[0])
     b_int = torch.round(conv.bias.detach().double().cpu() * 2.0 ** (frac_bits + ACT_FRAC_BITS))
     offsets = np.array([(kd - (depth - 1), kh - k // 2, kw - k // 2) for kd, kh, kw in taps])
-    return _Layer(w_int, b_int, frac_bits, offsets, relu)
+    return _Layer(layer.name, w_int, b_int, frac_bits, offsets, conv.reach, layer.relu,
+                  layer.skip_from)
 
 
 @dataclass
@@ -118,28 +134,28 @@ class _Extent:
 
 
 class _Plan:
-    """Index arrays for one symbol-volume shape: neighbours and wavefront order per layer."""
+    """Index arrays for one symbol-volume shape: neighbours and wavefront order per layer.
+    extents[0] is the padded input, extents[i + 1] layer i's output."""
 
-    def __init__(self, layers: list[_Layer], shape: tuple[int, int, int], depth_reach: int,
-                 spatial_reach: int) -> None:
-        c, h, w = shape
-        n = len(layers)
-        self.extents = [
-            _Extent(-depth_reach * (n - i), -spatial_reach * (n - i), -spatial_reach * (n - i),
-                    c + depth_reach * (n - i), h + 2 * spatial_reach * (n - i),
-                    w + 2 * spatial_reach * (n - i))
-            for i in range(n + 1)
-        ]
+    def __init__(self, layers: list[_Layer], shape: tuple[int, int, int], reach: int) -> None:
+        self.extents = [_Extent(0, 0, 0, *shape)]
+        for layer in reversed(layers):  # each layer needs `reach` more of the one below
+            e, r = self.extents[0], layer.reach
+            self.extents.insert(0, _Extent(e.d0 - r, e.h0 - r, e.w0 - r, e.depth + r,
+                                           e.height + 2 * r, e.width + 2 * r))
         # The neighbours of position p of layer i+1 in layer i are base[i][p] + tap_offsets[i]:
         # its own aligned position in the layer below's flat indexing, plus one constant per tap.
-        self.base, self.tap_offsets, self.order, sorted_times = [], [], [], []
+        # A skip reads skip_index[i][p] of the earlier layer's output.
+        self.base, self.tap_offsets, self.skip_index, self.order, sorted_times = [], [], [], [], []
         for i, layer in enumerate(layers):
             out, below = self.extents[i + 1], self.extents[i]
             d, hh, ww = out.coords()
             self.base.append(torch.from_numpy(below.flat(d, hh, ww)))
             od, oh, ow = layer.offsets.T
             self.tap_offsets.append(torch.from_numpy((od * below.height + oh) * below.width + ow))
-            t = _wavefront_time(d, hh, ww, spatial_reach)
+            self.skip_index.append(None if layer.skip_from is None else torch.from_numpy(
+                self.extents[layer.skip_from + 1].flat(d, hh, ww)))
+            t = _wavefront_time(d, hh, ww, reach)
             order = np.argsort(t, kind="stable")
             self.order.append(torch.from_numpy(order))
             sorted_times.append(t[order])
@@ -163,42 +179,39 @@ class IntegerContextModel:
         scale = 2.0**ACT_FRAC_BITS
         self.center_ints = torch.round(centers.detach().double().cpu() * scale)
         self.pad_int = float(torch.round(torch.tensor(pad_value, dtype=torch.float64) * scale))
-        self.layers = [
-            _integer_layer(probclass.conv_in, False, relu=True),
-            _integer_layer(probclass.res_conv1, True, relu=True),
-            _integer_layer(probclass.res_conv2, True, relu=False),
-            _integer_layer(probclass.conv_out, True, relu=probclass.logits_relu),
-        ]
-        self.skip_from, self.skip_to = 0, 2  # residual: layer 3's output += layer 1's output
-        half = probclass.kernel_size // 2
-        self.depth_reach, self.spatial_reach = half, half
+        self.layers = [_integer_layer(layer) for layer in probclass.layers]
+        self.reach = max(layer.reach for layer in self.layers)
+        self._check_wavefront()
+
+    def _check_wavefront(self) -> None:
+        """The inequalities _wavefront_time's order relies on, for these layers."""
+        for i, layer in enumerate(self.layers):
+            latest = int(_wavefront_time(*layer.offsets.T, self.reach).max())
+            if latest > 0 or (i == 0 and latest == 0):
+                raise ValueError(f"{layer.name}: its mask is not causal (a tap at wavefront "
+                                 f"offset {latest})")
+            if layer.skip_from is not None and not 0 <= layer.skip_from < i:
+                raise ValueError(f"{layer.name}: skip from layer {layer.skip_from}, not an "
+                                 f"earlier one")
 
     @functools.lru_cache(maxsize=4)  # noqa: B019 -- few shapes per model; plans are costly
     def plan(self, shape: tuple[int, int, int]) -> _Plan:
-        return _Plan(self.layers, shape, self.depth_reach, self.spatial_reach)
+        return _Plan(self.layers, shape, self.reach)
 
     def _compute(self, i: int, caches: list[torch.Tensor], positions: torch.Tensor,
                  plan: _Plan) -> None:
-        """Compute layer i's output at `positions` (flat indices) from the layer below."""
+        """Compute layer i's output at `positions` (flat indices) from the layers below."""
         layer = self.layers[i]
         below = caches[i]
         neighbours = plan.base[i][positions].unsqueeze(1) + plan.tap_offsets[i]
         gathered = below[neighbours]  # (P, taps, Cin)
         acc = gathered.reshape(len(positions), -1) @ layer.weight + layer.bias
         out = torch.floor(acc * 2.0**-layer.frac_bits)
-        if i == self.skip_to:
-            out += caches[self.skip_from + 1][self._skip_index(plan, positions)]
+        if layer.skip_from is not None:
+            out += caches[layer.skip_from + 1][plan.skip_index[i][positions]]
         if layer.relu:
             out.clamp_(min=0)
         caches[i + 1][positions] = out.clamp_(-ACT_LIMIT, ACT_LIMIT)
-
-    @staticmethod
-    def _skip_index(plan: _Plan, positions: torch.Tensor) -> torch.Tensor:
-        src, dst = plan.extents[1], plan.extents[3]
-        d = positions // (dst.height * dst.width) + dst.d0
-        h = positions // dst.width % dst.height + dst.h0
-        w = positions % dst.width + dst.w0
-        return ((d - src.d0) * src.height + (h - src.h0)) * src.width + (w - src.w0)
 
     def _empty_caches(self, plan: _Plan) -> list[torch.Tensor]:
         caches = [torch.full((plan.extents[0].size, 1), self.pad_int, dtype=torch.float64)]

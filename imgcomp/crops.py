@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from imgcomp.bitstream import ImageCompressor
+from imgcomp.api import load_model
 from imgcomp.checkpoint import CheckpointError
 from imgcomp.codecs import CODECS, Codec, roundtrip
-from imgcomp.data import ImageReadError, load_image_rgb
-from imgcomp.evaluation import measure
+from imgcomp.imageio import ImageReadError, read_image
+from imgcomp.measures import measure
 
 
 @dataclass(frozen=True)
@@ -72,9 +72,9 @@ def closest_setting(codec: Codec, original: np.ndarray, target_bpp: float
 def build_panels(original: np.ndarray, model_dir: Path, codec_names: Sequence[str]
                  ) -> list[Panel]:
     pixels = original.shape[0] * original.shape[1]
-    compressor = ImageCompressor.from_log_dir(model_dir)
-    data = compressor.compress(original)
-    ours = compressor.decompress(data)
+    model = load_model(model_dir)
+    data = model.compress(original)
+    ours = model.decompress(data)
     our_bpp = 8 * len(data) / pixels
     panels = [Panel("Original", original),
               Panel("Ours", ours, *measure(original, ours, 8 * len(data)))]
@@ -141,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: --codecs: {problem} (known: {','.join(CODECS)})", file=sys.stderr)
         return 2
     try:
-        original = load_image_rgb(args.image)
+        original = read_image(args.image)
     except ImageReadError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -1,4 +1,4 @@
-"""Image datasets and loaders for training and evaluation.
+"""Training data: crops of image files or TFRecords, batched by DataLoaders.
 
 A dataset spec (as in the original train.py) is one of
 
@@ -6,7 +6,7 @@ A dataset spec (as in the original train.py) is one of
   ``$RECORDS_ROOT/val/*.tfrecord``; each record is a tf.train.Example whose bytes feature
   ``image/encoded`` holds an encoded image (write them with ``python -m imgcomp.records``);
 - a glob of image files (``'imgs/*.png'``, ``**`` recursive), any format Pillow reads;
-- a directory: the images in it (see ``IMAGE_EXTENSIONS``), sorted.
+- a directory: the images in it (see ``imgcomp.imageio.IMAGE_EXTENSIONS``), sorted.
 
 ``make_loader`` yields float32 batches N x 3 x H x W with values in [0, 255]. Every iteration
 over a loader is a new epoch: new order and new random crops, reproducible from the seed.
@@ -14,8 +14,6 @@ over a loader is a new epoch: new order and new random crops, reproducible from 
 
 from __future__ import annotations
 
-import glob
-import io
 import os
 import signal
 import struct
@@ -26,12 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from google.protobuf.message import DecodeError
-from PIL import Image
 from tfrecord import example_pb2
 from tfrecord.reader import tfrecord_iterator
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"})
+from imgcomp.imageio import DatasetError, ImageReadError, read_image, resolve_image_paths
+
 # Spec name -> subdirectory of $RECORDS_ROOT.
 RECORDS_SPECS = {"imgnet_train": "train", "imgnet_test": "val"}
 FEATURE_KEY = "image/encoded"
@@ -39,73 +37,9 @@ FEATURE_KEY = "image/encoded"
 # images (~30 MB for ImageNet) per worker mixes well enough.
 SHUFFLE_BUFFER_SIZE = 256
 
-ImageSource = str | os.PathLike | bytes | bytearray | memoryview
-
-
-class DatasetError(ValueError):
-    """A dataset spec names no usable data."""
-
-
-class ImageReadError(ValueError):
-    """An image file (or encoded image bytes) cannot be decoded."""
-
 
 class DataWarning(UserWarning):
     """One image is unreadable or smaller than the crop; loading goes on without it."""
-
-
-def resolve_image_paths(spec: str) -> list[Path]:
-    """Sorted image files named by a glob, a single file or a directory.
-
-    Raises DatasetError if nothing matches.
-    """
-    pattern = os.path.expanduser(spec)
-    if os.path.isdir(pattern):
-        candidates = glob.glob(os.path.join(glob.escape(pattern), "*"))
-        paths = [
-            p
-            for p in candidates
-            if os.path.splitext(p)[1].lower() in IMAGE_EXTENSIONS and os.path.isfile(p)
-        ]
-    elif os.path.isfile(pattern):
-        # Taken literally: a file name may contain glob characters such as '['.
-        paths = [pattern]
-    else:
-        paths = [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
-    if not paths:
-        raise DatasetError(f"no image files match the dataset spec {spec!r}")
-    return sorted(Path(p) for p in paths)
-
-
-def load_image_rgb(path_or_bytes: ImageSource, name: str | None = None) -> np.ndarray:
-    """Decode an image file or encoded bytes to an H x W x 3 uint8 array.
-
-    Grayscale, palette, 16-bit, CMYK, ... become 8-bit RGB; alpha is dropped (as TensorFlow's
-    ``decode_image(channels=3)`` does). `name` labels bytes in error messages.
-    Raises ImageReadError naming the image on any failure.
-    """
-    if isinstance(path_or_bytes, bytes | bytearray | memoryview):
-        source: io.BytesIO | str | os.PathLike = io.BytesIO(path_or_bytes)
-        label = name or "<image bytes>"
-    else:
-        source = path_or_bytes
-        label = name or os.fspath(path_or_bytes)
-    try:
-        with Image.open(source) as img:
-            img.load()
-            return _to_rgb8(img)
-    except Exception as exc:  # Pillow's plugins raise many exception types on corrupt data
-        raise ImageReadError(f"cannot read image {label}: {exc}") from exc
-
-
-def _to_rgb8(img: Image.Image) -> np.ndarray:
-    if img.mode == "I" or img.mode.startswith("I;16"):
-        # Pillow's conversion clips these at 255; rescale the 16-bit range instead.
-        gray = np.clip(np.rint(np.asarray(img, dtype=np.float64) / 257.0), 0, 255)
-        return np.repeat(gray.astype(np.uint8)[..., None], 3, axis=2)
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")  # avoids Pillow's warning on palette transparency
-    return np.array(img.convert("RGB"))
 
 
 def count_tfrecords(path: str | os.PathLike) -> int:
@@ -193,7 +127,7 @@ class _ImageFileDataset(Dataset):
             if candidate in self._bad:
                 continue
             try:
-                img = load_image_rgb(self.paths[candidate])
+                img = read_image(self.paths[candidate])
             except ImageReadError as exc:
                 self._bad.add(candidate)
                 warnings.warn(f"{exc}; skipping it", DataWarning, stacklevel=2)
@@ -350,7 +284,7 @@ class _RecordDataset(IterableDataset):
                 records = _shuffle_buffer(records, rng, SHUFFLE_BUFFER_SIZE)
             for name, data in records:
                 try:
-                    img = load_image_rgb(data, name=name)
+                    img = read_image(data, name=name)
                 except ImageReadError as exc:
                     self._skip(name, str(exc))
                     continue

@@ -1,13 +1,18 @@
-"""The whole codec: autoencoder + quantizer + probability classifier, built from the configs."""
+"""The whole codec: autoencoder + quantizer + probability classifier, built from the configs,
+and its compressed files: `compress(image) -> bytes`, `decompress(bytes) -> image`."""
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from imgcomp.autoencoder import Autoencoder
+from imgcomp.autoencoder import Autoencoder, pad_to_multiple
+from imgcomp.bitstream import BitstreamError, Header, model_fingerprint, pack, unpack
+from imgcomp.coding import IntegerContextModel, decode_symbols, encode_symbols
+from imgcomp.imageio import ImageLike, read_image
 from imgcomp.probclass import ProbClassifier
 from imgcomp.quantizer import Quantizer
 
@@ -26,6 +31,12 @@ class ImageCodec(nn.Module):
     probability classifier sees the quantized volume with gradients stopped, as the original,
     and its padding, the first centre, is a constant (the original's tf.pad passes no gradient
     to its pad value either).
+
+    Coding one image (eval mode only): `symbols` (image -> symbols), `reconstruct` (symbols
+    -> uint8 image), `bits` (their float cross-entropy), `encode_symbols`/`decode_symbols`
+    (symbols <-> file bytes), and `compress`/`decompress` combining them. val.py, the CLI
+    and the Python API all code through these. Eval-mode forward computes the same: it
+    decodes qhard, the dequantized symbols, and costs them with the same classifier.
     """
 
     def __init__(self, autoencoder: Autoencoder, quantizer: Quantizer,
@@ -39,6 +50,7 @@ class ImageCodec(nn.Module):
         self.probclass = probclass
         self.use_centers_for_padding = use_centers_for_padding
         self.output_uint8 = output_uint8
+        self._coder: tuple[bytes, IntegerContextModel] | None = None  # see coder()
 
     @classmethod
     def from_configs(cls, ae_cfg, pc_cfg) -> ImageCodec:
@@ -58,9 +70,97 @@ class ImageCodec(nn.Module):
         """Value of the padding around the symbol volume: centres[0] (or 0)."""
         return float(self.quantizer.centers[0].detach()) if self.use_centers_for_padding else 0.0
 
+    def bitcost(self, qhard: Tensor, symbols: Tensor) -> Tensor:
+        """(N, C, h, w) bits of each symbol under the probability classifier, given the
+        quantized volume qhard (its centre values)."""
+        logits = self.probclass(qhard.detach(), self.pad_value())
+        return ProbClassifier.bitcost(logits, symbols)
+
     def forward(self, x: Tensor) -> CodecOutput:
         z, mask = self.autoencoder.encode(x)
         q = self.quantizer(z)
         x_hat = self.autoencoder.decode(q.qbar if self.training else q.qhard)
-        logits = self.probclass(q.qhard.detach(), self.pad_value())
-        return CodecOutput(x_hat, q.symbols, ProbClassifier.bitcost(logits, q.symbols), mask)
+        return CodecOutput(x_hat, q.symbols, self.bitcost(q.qhard, q.symbols), mask)
+
+    # Coding one image.
+
+    def _require_eval(self) -> None:
+        if self.training:
+            raise RuntimeError("coding needs eval mode (call .eval()): in training mode "
+                               "BatchNorm would normalize with the image's own statistics")
+
+    @property
+    def device(self) -> torch.device:
+        return self.quantizer.centers.device
+
+    @torch.no_grad()
+    def symbols(self, image: np.ndarray) -> Tensor:
+        """(C, h, w) symbols, on the CPU, of an H x W x 3 uint8 image (edge-padded to a
+        multiple of 8)."""
+        self._require_eval()
+        x = torch.from_numpy(np.array(image)).to(self.device).permute(2, 0, 1).unsqueeze(0)
+        x = pad_to_multiple(x.float()).contiguous(memory_format=torch.channels_last)
+        z, _ = self.autoencoder.encode(x)
+        return self.quantizer.symbols(z)[0].cpu()
+
+    @torch.no_grad()
+    def reconstruct(self, symbols: Tensor, height: int, width: int) -> np.ndarray:
+        """The height x width x 3 uint8 image decoded from (C, h, w) symbols."""
+        self._require_eval()
+        q = self.quantizer.dequantize(symbols.to(self.device)).unsqueeze(0)
+        x_hat = self.autoencoder.decode(q.contiguous(memory_format=torch.channels_last))
+        return self.to_uint8(x_hat[0, :, :height, :width]).permute(1, 2, 0).cpu().numpy()
+
+    @torch.no_grad()
+    def bits(self, symbols: Tensor) -> float:
+        """Cross-entropy in bits of (C, h, w) symbols under the float probability classifier
+        (the rate of the loss and of val.py's bpp)."""
+        symbols = symbols.to(self.device).unsqueeze(0)
+        return float(self.bitcost(self.quantizer.dequantize(symbols), symbols).double().sum())
+
+    def coder(self) -> tuple[bytes, IntegerContextModel]:
+        """The fingerprint of the current weights and the integer context model made from
+        them. Both are cached and rebuilt whenever the fingerprint (over every weight) changes,
+        so a model trained or loaded anew never codes with stale integer weights."""
+        fingerprint = model_fingerprint(self)
+        if self._coder is None or self._coder[0] != fingerprint:
+            self._coder = fingerprint, IntegerContextModel(self.probclass, self.quantizer.centers,
+                                                           self.pad_value())
+        return self._coder
+
+    def encode_symbols(self, symbols: Tensor, height: int, width: int) -> tuple[bytes, float]:
+        """(file bytes, cross-entropy bits of the symbols under the coding probabilities)."""
+        fingerprint, context = self.coder()
+        words, bits = encode_symbols(context, symbols)
+        header = Header(fingerprint, height, width, tuple(symbols.shape), words.nbytes)
+        return pack(header, words.astype("<u4").tobytes()), bits
+
+    def decode_symbols(self, data: bytes) -> tuple[Header, Tensor]:
+        """The header and the (C, h, w) symbols of a file; BitstreamError if undecodable."""
+        header, payload = unpack(data)
+        fingerprint, context = self.coder()
+        if header.fingerprint != fingerprint:
+            raise BitstreamError(f"file was compressed with another model (fingerprint "
+                                 f"{header.fingerprint.hex()}, this model is "
+                                 f"{fingerprint.hex()})")
+        num_channels = self.autoencoder.num_channels
+        if header.latent_shape[0] != num_channels:
+            raise BitstreamError(f"invalid header: {header.latent_shape[0]} channels, model "
+                                 f"has {num_channels}")
+        words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
+        try:
+            symbols = decode_symbols(context, words, header.latent_shape)
+        except (ValueError, RuntimeError) as e:  # constriction on undecodable data
+            raise BitstreamError(f"file is corrupted: {e}") from e
+        return header, symbols
+
+    def compress(self, image: ImageLike) -> bytes:
+        """Image (see `read_image`: path, PIL image, H x W x 3 uint8 array, ...) -> compressed
+        bytes."""
+        array = read_image(image)
+        return self.encode_symbols(self.symbols(array), *array.shape[:2])[0]
+
+    def decompress(self, data: bytes) -> np.ndarray:
+        """Compressed bytes -> H x W x 3 uint8 image; BitstreamError if undecodable."""
+        header, symbols = self.decode_symbols(data)
+        return self.reconstruct(symbols, header.height, header.width)

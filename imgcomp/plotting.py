@@ -5,36 +5,41 @@ Inputs: `LOG_DIR_ROOT/<JOB_ID> <DATASET>/measures.csv` per job (written by val.p
 one operating point) and `OTHER_CODECS_ROOT/<DATASET>/<codec>/<quality>/measures.csv` per codec
 setting. Codec curves are always the mean over images per quality setting, sorted by bpp.
 
-BD-rate (Bjontegaard delta rate, `bjontegaard` package, Akima interpolation of log10(bpp) over
-the metric, integrated over the metric range both curves cover) of ours against each codec and,
-for MS-SSIM, the paper's curve: anchor = codec, test = ours, negative = ours needs fewer bits.
-It always uses our jobs' mean (bpp, metric) points, whatever --style draws, as is usual for
-codec comparisons (one averaged point per setting).
+BD-rate (see `imgcomp.measures`) of ours against each codec and, for MS-SSIM, the paper's
+curve: anchor = codec, test = ours, negative = ours needs fewer bits. It always uses our jobs'
+mean (bpp, metric) points, whatever --style draws, as is usual for codec comparisons (one
+averaged point per setting).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import math
-import os
 import shutil
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import bjontegaard as bd
 import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from imgcomp.evaluation import Measure, read_measures_csv
+from imgcomp.codecs import DEFAULT_RESULTS_ROOT, results_root
+from imgcomp.measures import (
+    METRIC_ATTRS,
+    Curve,
+    Measure,
+    bd_rate_table,
+    format_bd_table,
+    make_curve,
+    mean_measures,
+    non_monotone_points,
+    read_measures_csv,
+    write_bd_csv,
+)
 
-METRIC_ATTRS = {"ms-ssim": "ms_ssim", "psnr": "psnr"}
 METRIC_LABELS = {"ms-ssim": "MS-SSIM", "psnr": "PSNR [dB]"}
-DEFAULT_OTHER_CODECS_ROOT = "other_codecs"
 PAPER_LABEL = "Mentzer et al. 2018 (paper, Fig. 1)"
 # The paper's Fig. 1 curve on Kodak, (bpp, MS-SSIM).
 PAPER_FIG1 = (
@@ -45,11 +50,6 @@ PAPER_FIG1 = (
     (0.657, 0.9860), (0.684, 0.9867), (0.710, 0.9873), (0.737, 0.9878), (0.763, 0.9883),
     (0.790, 0.9888), (0.816, 0.9892), (0.843, 0.9896),
 )
-# Akima, not the classic cubic fit: cubic needs >= 4 points per curve, while the paper has
-# 3 operating points. The package's Akima uses a linear spline for a 2-point curve.
-BD_METHOD = "akima"
-BD_MIN_POINTS = 2
-BD_CSV_HEADER = ("anchor", "bd_rate_percent", "metric", "note")
 INTERP_GRID_POINTS = 100
 # The original's defaults: --x_range 0,1.2 --y_range 0.85,1.0 (its plot was MS-SSIM only),
 # --style interp, output plot_<TITLE>.png with TITLE from its TITLES (plot_Kodak.png).
@@ -73,37 +73,8 @@ class PlotError(Exception):
     """A problem with the inputs; main prints it as one `error:` line."""
 
 
-@dataclass(eq=False)
-class Curve:
-    """Points of one rate-distortion curve, sorted by bpp; point_labels follow that order."""
-
-    label: str
-    bpp: np.ndarray
-    metric: np.ndarray
-    point_labels: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class BDRow:
-    anchor: str
-    bd_rate_percent: float
-    metric: str
-    note: str
-    anchor_points: int
-    our_points: int
-
-
 def warn(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr)
-
-
-def make_curve(label: str, bpp: Sequence[float], metric: Sequence[float],
-               point_labels: Sequence[str] = ()) -> Curve:
-    """A Curve with its points (and point labels, if any) sorted by bpp."""
-    bpp_a, metric_a = np.asarray(bpp, dtype=float), np.asarray(metric, dtype=float)
-    order = np.argsort(bpp_a, kind="stable")
-    labels = tuple(point_labels[i] for i in order) if point_labels else ()
-    return Curve(label, bpp_a[order], metric_a[order], labels)
 
 
 def paper_curve() -> Curve:
@@ -131,13 +102,6 @@ def _read_measures(path: Path) -> list[Measure]:
     if not measures:
         raise PlotError(f"{path}: no rows")
     return measures
-
-
-def mean_point(measures: Sequence[Measure], metric: str) -> tuple[float, float]:
-    """(mean bpp, mean metric) over the images."""
-    attr = METRIC_ATTRS[metric]
-    return (float(np.mean([m.bpp for m in measures])),
-            float(np.mean([getattr(m, attr) for m in measures])))
 
 
 def job_results_path(log_dir_root: Path, job_id: str, dataset: str) -> Path:
@@ -185,8 +149,9 @@ def interp_curve(image_curves: Sequence[tuple[Sequence[float], Sequence[float]]]
 
 def job_points(jobs: Sequence[Sequence[Measure]], labels: Sequence[str], metric: str) -> Curve:
     """Our operating points: each job's mean (bpp, metric), labelled."""
-    bpp, values = zip(*(mean_point(job, metric) for job in jobs), strict=True)
-    return make_curve("Ours", bpp, values, labels)
+    means = [mean_measures(job) for job in jobs]
+    attr = METRIC_ATTRS[metric]
+    return make_curve("Ours", [m.bpp for m in means], [getattr(m, attr) for m in means], labels)
 
 
 def our_line(jobs: Sequence[Sequence[Measure]], points: Curve, metric: str,
@@ -240,9 +205,9 @@ def load_codec_curves(root: Path, dataset: str, metric: str,
             if not (quality / "measures.csv").is_file():
                 continue  # a setting still being measured
             measures = _read_measures(quality / "measures.csv")
-            b, v = mean_point(measures, metric)
-            bpps.append(b)
-            values.append(v)
+            means = mean_measures(measures)
+            bpps.append(means.bpp)
+            values.append(getattr(means, METRIC_ATTRS[metric]))
             if our_images is not None and {m.img_name for m in measures} != our_images:
                 other_images = True
         if not bpps:
@@ -253,76 +218,6 @@ def load_codec_curves(root: Path, dataset: str, metric: str,
                  f"for like")
         curves.append(make_curve(name, bpps, values))
     return curves
-
-
-def non_monotone_points(curve: Curve) -> list[str]:
-    """Labels of the points whose metric is not above that of every lower-bpp point."""
-    order = np.argsort(curve.bpp, kind="stable")
-    best = -math.inf
-    dominated = []
-    for i in order:
-        if curve.metric[i] <= best:
-            dominated.append(curve.point_labels[i] if curve.point_labels else f"{curve.bpp[i]:.3f}")
-        best = max(best, curve.metric[i])
-    return dominated
-
-
-def _bd_points(curve: Curve) -> tuple[np.ndarray, np.ndarray]:
-    """(rates, metric values) sorted by strictly increasing metric, as the interpolation over
-    the metric needs; points with equal metric are merged (mean rate), bpp <= 0 dropped."""
-    ok = np.isfinite(curve.bpp) & np.isfinite(curve.metric) & (curve.bpp > 0)
-    dist, inverse = np.unique(curve.metric[ok], return_inverse=True)
-    rate = np.bincount(inverse, weights=curve.bpp[ok]) / np.bincount(inverse)
-    return rate, dist
-
-
-def bd_rate(anchor: Curve, ours: Curve, metric: str) -> tuple[float, str, int, int]:
-    """(BD-rate % of ours vs anchor, note, anchor points, our points); NaN with the reason in
-    the note if a curve has too few points or the metric ranges do not overlap."""
-    a_rate, a_dist = _bd_points(anchor)
-    o_rate, o_dist = _bd_points(ours)
-    n_a, n_o = len(a_dist), len(o_dist)
-    if min(n_a, n_o) < BD_MIN_POINTS:
-        return (math.nan, f"too few distinct points (anchor {n_a}, ours {n_o}); "
-                f"needs >= {BD_MIN_POINTS} per curve", n_a, n_o)
-    fmt = ".4f" if metric == "ms-ssim" else ".2f"
-    lo, hi = max(a_dist[0], o_dist[0]), min(a_dist[-1], o_dist[-1])
-    if not lo < hi:
-        return (math.nan, f"no overlap in {metric}: anchor {a_dist[0]:{fmt}}..{a_dist[-1]:{fmt}}"
-                f", ours {o_dist[0]:{fmt}}..{o_dist[-1]:{fmt}}", n_a, n_o)
-    union = max(a_dist[-1], o_dist[-1]) - min(a_dist[0], o_dist[0])
-    # min_overlap=0: the package would only warn; the overlap goes into the note instead.
-    value = bd.bd_rate(a_rate, a_dist, o_rate, o_dist, BD_METHOD,
-                       require_matching_points=False, min_overlap=0)
-    note = (f"{BD_METHOD}; over {metric} {lo:{fmt}}..{hi:{fmt}} "
-            f"({100 * (hi - lo) / union:.0f}% of the union range)")
-    return float(value), note, n_a, n_o
-
-
-def bd_rate_table(ours: Curve, anchors: Sequence[Curve], metric: str) -> list[BDRow]:
-    """One BD-rate row of ours against each anchor."""
-    rows = []
-    for anchor in anchors:
-        value, note, n_a, n_o = bd_rate(anchor, ours, metric)
-        rows.append(BDRow(anchor.label, value, metric, note, n_a, n_o))
-    return rows
-
-
-def format_bd_table(rows: Sequence[BDRow]) -> str:
-    width = max([len("anchor"), *(len(r.anchor) for r in rows)])
-    lines = [f"{'anchor':<{width}}  {'BD-rate %':>9}  {'points':>6}  note"]
-    for r in rows:
-        lines.append(f"{r.anchor:<{width}}  {r.bd_rate_percent:>9.2f}  "
-                     f"{f'{r.anchor_points}/{r.our_points}':>6}  {r.note}")
-    return "\n".join(lines)
-
-
-def write_bd_csv(path: Path, rows: Sequence[BDRow]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(BD_CSV_HEADER)
-        for r in rows:
-            writer.writerow([r.anchor, f"{r.bd_rate_percent:.4f}", r.metric, r.note])
 
 
 def _tex_escape(text: str) -> str:
@@ -451,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="distortion metric (default: ms-ssim; the paper's curve only there)")
     port.add_argument("--other_codecs_root", metavar="DIR",
                       help="holds <DATASET>/<codec>/<quality>/measures.csv (default: "
-                           f"$OTHER_CODECS_ROOT, else {DEFAULT_OTHER_CODECS_ROOT}/)")
+                           f"$OTHER_CODECS_ROOT, else {DEFAULT_RESULTS_ROOT}/)")
     port.add_argument("--codecs", metavar="A,B", help="comma separated codecs to draw "
                                                       "(default: every codec folder found)")
     return p
@@ -491,15 +386,15 @@ def _run(args: argparse.Namespace) -> int:
     if show_points and style == "interp":
         style = "interp+mean"
     for label, job_id, job in zip(labels, job_ids, jobs, strict=True):
-        b, v = mean_point(job, args.metric)
-        print(f"{label} ({job_id}): {len(job)} images, bpp {b:.4f}, {args.metric} {v:.4f}")
+        means = mean_measures(job)
+        print(f"{label} ({job_id}): {len(job)} images, bpp {means.bpp:.4f}, {args.metric} "
+              f"{getattr(means, METRIC_ATTRS[args.metric]):.4f}")
     dominated = non_monotone_points(points)
     if dominated:
         warn(f"our points are not monotone: at {', '.join(dominated)} the {args.metric} is no "
              f"higher than at a lower bpp; BD-rates against them are unreliable")
 
-    codecs_root = Path(args.other_codecs_root or os.environ.get("OTHER_CODECS_ROOT")
-                       or DEFAULT_OTHER_CODECS_ROOT)
+    codecs_root = results_root(args.other_codecs_root)
     our_images = {m.img_name for job in jobs for m in job}
     codecs = load_codec_curves(codecs_root, args.dataset, args.metric,
                                _split_list(args.codecs) if args.codecs else None, our_images)

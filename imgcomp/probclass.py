@@ -9,6 +9,7 @@ last depth slice (the current channel), earlier slices are fully visible.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -34,31 +35,69 @@ class MaskedConv3d(nn.Conv3d):
                  include_centre: bool) -> None:
         depth = kernel_size // 2 + 1
         super().__init__(in_channels, out_channels, (depth, kernel_size, kernel_size))
+        self.include_centre = include_centre
         self.register_buffer("mask", causal_mask(kernel_size, include_centre), persistent=False)
+
+    @property
+    def reach(self) -> int:
+        """Positions the kernel reaches on each spatial side and in front (depth): K//2."""
+        return self.kernel_size[-1] // 2
 
     def forward(self, x: Tensor) -> Tensor:
         return F.conv3d(x, self.weight * self.mask, self.bias)
 
 
-class ProbClassifier(nn.Module):
-    """conv(first mask) + ReLU, one residual block of two convs (other mask, ReLU after the
-    first), conv to L logits (other mask), followed by a ReLU when `logits_relu` (the
-    original's conv3d helper defaults to ReLU and its last call keeps it: logits >= 0).
-    Context 5 x 9 x 9 for K = 3."""
+@dataclass(frozen=True)
+class ContextLayer:
+    """One layer of the context model: conv, plus the output of the earlier layer `skip_from`
+    (cropped to this layer's extent) if any, then a ReLU if `relu`."""
 
-    num_layers = 4
+    name: str  # the conv's attribute name, hence its state-dict prefix
+    conv: MaskedConv3d
+    relu: bool
+    skip_from: int | None = None  # index into ProbClassifier.layers
+
+
+def _aligned(x: Tensor, like: Tensor) -> Tensor:
+    """Crop an earlier layer's output to `like`'s positions: VALID causal convs shrink the
+    volume in front (depth) and symmetrically on the spatial sides."""
+    d, h, w = (a - b for a, b in zip(x.shape[2:], like.shape[2:], strict=True))
+    return x[:, :, d:, h // 2:x.shape[3] - h // 2, w // 2:x.shape[4] - w // 2]
+
+
+class ProbClassifier(nn.Module):
+    """conv(first mask) + ReLU, `num_res_blocks` residual blocks of two convs (other mask, ReLU
+    after the first, the block's input added after the second), conv to L logits (other
+    mask), followed by a ReLU when `logits_relu` (the original's conv3d helper defaults to
+    ReLU and its last call keeps it: logits >= 0). One block ('res_shallow', the paper's):
+    context 5 x 9 x 9 for K = 3.
+
+    `layers` describes the network; the float forward and the integer coder
+    (imgcomp.coding) both run from it.
+    """
 
     def __init__(self, num_centers: int, kernel_size: int = 3, k: int = 24,
-                 logits_relu: bool = True, weight_init: str = "xavier") -> None:
+                 logits_relu: bool = True, weight_init: str = "xavier",
+                 num_res_blocks: int = 1) -> None:
         super().__init__()
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd, got {kernel_size}")
-        self.kernel_size = kernel_size
-        self.logits_relu = logits_relu
-        self.conv_in = MaskedConv3d(1, k, kernel_size, include_centre=False)
-        self.res_conv1 = MaskedConv3d(k, k, kernel_size, include_centre=True)
-        self.res_conv2 = MaskedConv3d(k, k, kernel_size, include_centre=True)
-        self.conv_out = MaskedConv3d(k, num_centers, kernel_size, include_centre=True)
+        if num_res_blocks < 0:
+            raise ValueError(f"num_res_blocks must be >= 0, got {num_res_blocks}")
+        layers = [ContextLayer("conv_in", MaskedConv3d(1, k, kernel_size, False), relu=True)]
+        for block in range(1, num_res_blocks + 1):
+            # The first block's names are the original's (checkpoints, convert.py).
+            prefix = "res" if block == 1 else f"res{block}"
+            block_input = len(layers) - 1
+            layers.append(ContextLayer(f"{prefix}_conv1", MaskedConv3d(k, k, kernel_size, True),
+                                       relu=True))
+            layers.append(ContextLayer(f"{prefix}_conv2", MaskedConv3d(k, k, kernel_size, True),
+                                       relu=False, skip_from=block_input))
+        layers.append(ContextLayer("conv_out", MaskedConv3d(k, num_centers, kernel_size, True),
+                                   relu=logits_relu))
+        for layer in layers:
+            self.add_module(layer.name, layer.conv)
+        self.layers = tuple(layers)
         init_weights(self, weight_init)
 
     @classmethod
@@ -72,7 +111,7 @@ class ProbClassifier(nn.Module):
     @property
     def context_pad(self) -> int:
         """Padding per side (spatial) and in front (depth): (context_size - 1) // 2."""
-        return self.num_layers * (self.kernel_size // 2)
+        return sum(layer.conv.reach for layer in self.layers)
 
     @property
     def context_size(self) -> int:
@@ -85,12 +124,18 @@ class ProbClassifier(nn.Module):
 
     def logits_valid(self, volume: Tensor) -> Tensor:
         """Logits for an already padded volume (N, 1, D, H, W) -> (N, L, D-P, H-2P, W-2P)."""
-        half = self.kernel_size // 2
-        x = torch.relu(self.conv_in(volume))
-        skip = x[:, :, 2 * half:, 2 * half:x.shape[3] - 2 * half, 2 * half:x.shape[4] - 2 * half]
-        x = skip + self.res_conv2(torch.relu(self.res_conv1(x)))
-        logits = self.conv_out(x)
-        return torch.relu(logits) if self.logits_relu else logits
+        skip_sources = {layer.skip_from for layer in self.layers} - {None}
+        outputs = {}
+        x = volume
+        for i, layer in enumerate(self.layers):
+            x = layer.conv(x)
+            if layer.skip_from is not None:
+                x = x + _aligned(outputs[layer.skip_from], x)
+            if layer.relu:
+                x = torch.relu(x)
+            if i in skip_sources:
+                outputs[i] = x
+        return x
 
     def forward(self, q: Tensor, pad_value: float) -> Tensor:
         """Logits (N, L, C, H, W) for the symbol values q (N, C, H, W)."""

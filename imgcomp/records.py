@@ -31,13 +31,8 @@ from pathlib import Path
 from PIL import Image
 from tfrecord.writer import TFRecordWriter
 
-from imgcomp.data import (
-    FEATURE_KEY,
-    DatasetError,
-    DataWarning,
-    count_tfrecords,
-    resolve_image_paths,
-)
+from imgcomp.data import FEATURE_KEY, DataWarning, count_tfrecords
+from imgcomp.imageio import DatasetError, resolve_image_paths
 
 
 class ImageTooSmallError(ValueError):

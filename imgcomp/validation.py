@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import shutil
 import sys
@@ -23,13 +24,18 @@ from PIL import Image
 from tqdm import tqdm
 
 from imgcomp import checkpoint as ckpt
-from imgcomp.autoencoder import pad_to_multiple
-from imgcomp.bitstream import BitstreamError, ImageCompressor
-from imgcomp.data import DatasetError, ImageReadError, load_image_rgb
+from imgcomp.bitstream import BitstreamError
+from imgcomp.device import select_device
 from imgcomp.distributed import World, barrier, close_world, gather_to_main, init_world
-from imgcomp.evaluation import Measure, measure, resolve_images, write_measures_csv
+from imgcomp.imageio import (
+    DatasetError,
+    ImageReadError,
+    read_image,
+    resolve_images,
+    write_image,
+)
+from imgcomp.measures import Measure, mean_measures, measure, write_measures_csv
 from imgcomp.model import ImageCodec
-from imgcomp.training import select_device
 
 VALIDATED_JSON = "validated.json"
 REAL_BPP_HEADER = ("img_name", "bpp_real", "bpp_theory", "bpp_loss", "encode_s", "decode_s")
@@ -87,17 +93,6 @@ def select_steps(available: list[int], ckpt_step: int, restore_itr: int | None) 
     return sorted(set(available[::ckpt_step]) | {available[-1]})
 
 
-@torch.no_grad()
-def reconstruct(model: ImageCodec, image: np.ndarray, device: torch.device
-                ) -> tuple[np.ndarray, float]:
-    """(uint8 reconstruction of the original size, cross-entropy bits of its symbols)."""
-    h, w = image.shape[:2]
-    x = torch.from_numpy(np.array(image)).to(device).permute(2, 0, 1).unsqueeze(0).float()
-    out = model(pad_to_multiple(x).contiguous(memory_format=torch.channels_last))
-    x_hat = model.to_uint8(out.x_hat[0, :, :h, :w])
-    return x_hat.permute(1, 2, 0).cpu().numpy(), float(out.bitcost.double().sum())
-
-
 def _image_mode_note(path: Path) -> str | None:
     with Image.open(path) as img:
         if img.mode == "RGB":
@@ -110,7 +105,7 @@ def load_images(paths: list[Path], note: bool = True) -> list[np.ndarray]:
     work is done."""
     images = []
     for path in paths:
-        images.append(load_image_rgb(path))
+        images.append(read_image(path))
         message = _image_mode_note(path) if note else None
         if message:
             print(message)
@@ -154,18 +149,18 @@ def validate_job(log_dir_root: Path, job_id: str, dataset: str, paths: list[Path
     mine = list(range(world.rank, len(paths), world.world_size))
     for step in todo:
         model = ckpt.load_codec(ckpt_dir, step, device)
-        compressor = ImageCompressor(model, device) if args.real_bpp else None
         results = []
         for i in tqdm(mine, desc=f"{job_id} step {step}", unit="img", disable=not world.is_main):
             path, image = paths[i], images[i]
-            x_hat, bits = reconstruct(model, image, device)
+            symbols = model.symbols(image)
+            x_hat, bits = model.reconstruct(symbols, *image.shape[:2]), model.bits(symbols)
             measured = Measure(path.name, *measure(image, x_hat, bits))
             if args.save_ours and step == steps[-1]:
                 (out_dir / "imgs").mkdir(exist_ok=True)
-                Image.fromarray(x_hat).save(out_dir / "imgs" / f"{path.stem}.png")
+                write_image(out_dir / "imgs" / f"{path.stem}.png", x_hat)
             real = None
-            if compressor is not None:
-                real = code_image(compressor, path, image, bits, out_dir)
+            if args.real_bpp:
+                real = code_image(model, path, image, bits, out_dir)
                 tqdm.write(_real_line(real))
             results.append((i, measured, real))
         gathered = gather_to_main(results, world)
@@ -189,12 +184,7 @@ def _write_results(out_dir: Path, step: int, last_step: int, measures: list[Meas
     write_measures_csv(out_dir / f"measures_{step}.csv", measures)
     if step == last_step:
         write_measures_csv(out_dir / "measures.csv", measures)
-    means = {
-        "num_images": len(measures),
-        "bpp": float(np.mean([m.bpp for m in measures])),
-        "ms_ssim": float(np.mean([m.ms_ssim for m in measures])),
-        "psnr": float(np.mean([m.psnr for m in measures])),
-    }
+    means = dataclasses.asdict(mean_measures(measures))  # num_images, bpp, ms_ssim, psnr
     if real_rows:
         _write_real_bpp_csv(out_dir / f"real_bpp_{step}.csv", real_rows)
         if step == last_step:
@@ -204,20 +194,20 @@ def _write_results(out_dir: Path, step: int, last_step: int, measures: list[Meas
     validated[str(step)] = means
 
 
-def code_image(compressor: ImageCompressor, path: Path, image: np.ndarray, loss_bits: float,
+def code_image(model: ImageCodec, path: Path, image: np.ndarray, loss_bits: float,
                out_dir: Path) -> dict:
     """Encode an image to a real file, decode it, check the symbols; its real_bpp.csv row."""
     h, w = image.shape[:2]
     start = time.perf_counter()
-    symbols = compressor.symbols(image)
-    data, theory_bits = compressor.encode_symbols(symbols, h, w)
+    symbols = model.symbols(image)
+    data, theory_bits = model.encode_symbols(symbols, h, w)
     encode_s = time.perf_counter() - start
     stream_dir = out_dir / "bitstreams"
     stream_dir.mkdir(exist_ok=True)
     (stream_dir / f"{path.stem}.imgc").write_bytes(data)
     start = time.perf_counter()
-    header, decoded = compressor.decode_symbols(data)
-    compressor.reconstruct(decoded, header.height, header.width)
+    header, decoded = model.decode_symbols(data)
+    model.reconstruct(decoded, header.height, header.width)
     decode_s = time.perf_counter() - start
     if not torch.equal(decoded, symbols):
         raise BitstreamError(f"{path.name}: decoded symbols differ from the encoded ones "

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from imgcomp import checkpoint as ckpt
-from imgcomp import training
+from imgcomp import optimization
 from imgcomp.autoencoder import Autoencoder, Conv2dSame, ConvTranspose2dSame
 from imgcomp.config import Config, load_config
 from imgcomp.losses import compute_loss
@@ -19,8 +19,6 @@ from imgcomp.model import ImageCodec
 from imgcomp.probclass import ProbClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
-AE_TINY = ROOT / "tests/configs/ae_tiny"
-PC_TINY = ROOT / "tests/configs/pc_tiny"
 
 
 def _with(cfg: Config, **changes) -> Config:
@@ -49,8 +47,8 @@ def test_base_configs_are_the_original_and_cpu_gpu_the_shipped_recipe():
         assert {k: cfg[k] for k in ckpt.LEGACY_PC_KEYS} == ckpt.LEGACY_PC_KEYS, name
 
 
-def test_log_dirs_older_than_the_keys_get_the_port_choices(tmp_path):
-    ae_cfg, pc_cfg = load_config(AE_TINY), load_config(PC_TINY)
+def test_log_dirs_older_than_the_keys_get_the_port_choices(tmp_path, tiny_configs):
+    ae_cfg, pc_cfg = tiny_configs
     ckpt_dir = tmp_path / "0101_0000 a b" / "ckpts"
     ckpt_dir.mkdir(parents=True)
     old_ae = {k: v for k, v in ae_cfg.items() if k not in ckpt.LEGACY_AE_KEYS}
@@ -120,8 +118,8 @@ def test_logits_relu():
     assert torch.equal(a, b.clamp_min(0)) and (b < 0).any()
 
 
-def test_output_uint8_truncates_or_rounds():
-    ae_cfg, pc_cfg = load_config(AE_TINY), load_config(PC_TINY)
+def test_output_uint8_truncates_or_rounds(tiny_configs):
+    ae_cfg, pc_cfg = tiny_configs
     x_hat = torch.tensor([0.4, 0.6, 254.7, 255.0])
     truncating = ImageCodec.from_configs(ae_cfg, pc_cfg)
     rounding = ImageCodec.from_configs(_with(ae_cfg, output_uint8="round"), pc_cfg)
@@ -130,7 +128,7 @@ def test_output_uint8_truncates_or_rounds():
 
 
 def test_tf1_adam_adds_epsilon_before_the_bias_correction():
-    for cls, denominator in ((training.TF1Adam, lambda g, t: abs(g) + 1e-8 / math.sqrt(
+    for cls, denominator in ((optimization.TF1Adam, lambda g, t: abs(g) + 1e-8 / math.sqrt(
             1 - 0.999**t)), (torch.optim.Adam, lambda g, t: abs(g) + 1e-8)):
         p = torch.nn.Parameter(torch.zeros(1))
         opt = cls([p], lr=1.0)
@@ -141,17 +139,17 @@ def test_tf1_adam_adds_epsilon_before_the_bias_correction():
         assert float(p) == pytest.approx(-g / denominator(g, 1), rel=1e-4), cls.__name__
 
 
-def test_epoch_steps_floor_or_exact():
-    cfg = load_config(AE_TINY)  # batch_size 4
-    assert training.steps_per_epoch(cfg, 10, 1) == 2
-    assert training.steps_per_epoch(_with(cfg, epoch_steps="exact"), 10, 1) == 2.5
+def test_epoch_steps_floor_or_exact(tiny_configs):
+    cfg = tiny_configs[0]  # batch_size 4
+    assert optimization.steps_per_epoch(cfg, 10, 1) == 2
+    assert optimization.steps_per_epoch(_with(cfg, epoch_steps="exact"), 10, 1) == 2.5
 
 
-def test_probclass_objective():
+def test_probclass_objective(tiny_configs):
     """The original trains the probclass by the rate term only (nothing while H_soft is
     below H_target); 'H_real' trains it on its cross-entropy."""
     torch.manual_seed(0)
-    ae_cfg, pc_cfg = load_config(AE_TINY), load_config(PC_TINY)
+    ae_cfg, pc_cfg = tiny_configs
     x = torch.rand(2, 3, 32, 32) * 255
     for objective, target, expect_grad in (("total_loss", 100.0, False),
                                            ("total_loss", 0.0, True),

@@ -8,26 +8,41 @@ import pytest
 import torch
 from PIL import Image
 
-from imgcomp import bitstream, cli, training
+from imgcomp import api, bitstream, cli
+from imgcomp.api import load_model
 from imgcomp.autoencoder import pad_to_multiple
-from imgcomp.bitstream import BitstreamError, ImageCompressor
+from imgcomp.bitstream import BitstreamError
 from imgcomp.checkpoint import load_codec
 from imgcomp.coding import ACT_FRAC_BITS, IntegerContextModel, decode_symbols, encode_symbols
 from imgcomp.probclass import ProbClassifier
-from imgcomp.validation import reconstruct
 
 ROOT = Path(__file__).resolve().parents[1]
-AE_TINY = str(ROOT / "tests/configs/ae_tiny")
-PC_TINY = str(ROOT / "tests/configs/pc_tiny")
 
 
-def _context_model(k=12, seed=0, kernel_size=3):
+def _context_model(k=12, seed=0, kernel_size=3, num_res_blocks=1, std=0.2):
     torch.manual_seed(seed)
-    pc = ProbClassifier(6, kernel_size, k)
+    pc = ProbClassifier(6, kernel_size, k, num_res_blocks=num_res_blocks)
     for p in pc.parameters():
-        torch.nn.init.normal_(p, std=0.2)
+        torch.nn.init.normal_(p, std=std)
     centers = torch.tensor([-1.9, -1.0, -0.2, 0.3, 1.1, 2.0])
     return pc, centers, IntegerContextModel(pc, centers, float(centers[0]))
+
+
+def _float_logits(pc, centers, symbols):
+    """The float model's logits (C*H*W, L) of a (C, H, W) volume, in (c, h, w) order."""
+    with torch.no_grad():
+        logits = pc(centers[symbols][None], float(centers[0]))[0]
+    return logits.reshape(logits.shape[0], -1).T.double()
+
+
+def _forward(model, image):
+    """The eval-mode forward pass on an image: (uint8 reconstruction, bits)."""
+    h, w = image.shape[:2]
+    x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float()
+    with torch.no_grad():
+        out = model(pad_to_multiple(x).contiguous(memory_format=torch.channels_last))
+    x_hat = model.to_uint8(out.x_hat[0, :, :h, :w]).permute(1, 2, 0).numpy()
+    return x_hat, float(out.bitcost.double().sum())
 
 
 def _photo(h, w, seed=0):
@@ -38,32 +53,48 @@ def _photo(h, w, seed=0):
 
 
 @pytest.fixture(scope="module")
-def job(tmp_path_factory):
-    root = tmp_path_factory.mktemp("coding")
-    (root / "train").mkdir()
-    for i in range(4):
-        Image.fromarray(_photo(40, 48, i)).save(root / "train" / f"{i}.png")
-    assert training.main([AE_TINY, PC_TINY, "--dataset_train", str(root / "train"),
-                          "--dataset_test", str(root / "train"), "--log_dir_root",
-                          str(root / "logs"), "--max_steps", "5", "--num_workers", "0"]) == 0
-    (log_dir,) = (root / "logs").iterdir()
-    return log_dir
+def job(trained_log_dir):
+    """The tiny trained model's log dir; encoding and decoding only read it."""
+    return trained_log_dir
 
 
 @pytest.fixture(scope="module")
-def compressor(job):
-    return ImageCompressor.from_log_dir(job)
+def codec(job):
+    return load_model(job)
 
 
 def test_integer_model_matches_float_model():
     pc, centers, model = _context_model()
     symbols = torch.randint(0, 6, (5, 7, 9), generator=torch.Generator().manual_seed(1))
     logits = model.logits(symbols) / 2**ACT_FRAC_BITS
-    with torch.no_grad():
-        ref = pc(centers[symbols][None], float(centers[0]))[0].reshape(6, -1).T
-    ref = ref[model.coding_order((5, 7, 9))].double()
+    ref = _float_logits(pc, centers, symbols)[model.coding_order((5, 7, 9))]
     assert (logits - ref).abs().max() < 5e-3
     assert not torch.equal(logits, torch.zeros_like(logits))
+
+
+def test_deeper_wider_context_model_round_trip():
+    """The integer model follows the classifier's own layer description: two residual
+    blocks of k = 64 (6 layers, context 7 x 13 x 13), with weights large enough for sharp,
+    varied probabilities."""
+    pc, centers, model = _context_model(k=64, num_res_blocks=2, std=0.06)
+    assert [layer.name for layer in pc.layers] == [
+        "conv_in", "res_conv1", "res_conv2", "res2_conv1", "res2_conv2", "conv_out"]
+    assert [layer.skip_from for layer in pc.layers] == [None, None, 0, None, 2, None]
+    shape = (4, 9, 11)
+    symbols = torch.randint(0, 6, shape, generator=torch.Generator().manual_seed(5))
+    logits = model.logits(symbols) / 2**ACT_FRAC_BITS
+    ref = _float_logits(pc, centers, symbols)[model.coding_order(shape)]
+    assert (logits - ref).abs().max() < 5e-3
+    probs = torch.softmax(ref, dim=1)
+    assert probs.max() > 0.9 and probs.max(dim=1).values.min() < 0.5  # sharp, not constant
+    words, bits = encode_symbols(model, symbols)
+    assert torch.equal(decode_symbols(model, words, shape), symbols)
+    assert 32 * words.size <= bits + 64 + 0.01 * bits
+
+
+def test_integer_model_refuses_what_it_cannot_code_exactly():
+    with pytest.raises(ValueError, match="too wide for exact"):
+        IntegerContextModel(ProbClassifier(6, 3, 1024), torch.arange(6.0), 0.0)
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1), (2, 3, 2), (3, 5, 4), (4, 9, 13)])
@@ -120,16 +151,21 @@ def test_exact_across_chunk_sizes_and_thread_counts():
 
 
 @pytest.mark.parametrize("size", [(40, 48), (37, 53), (8, 8), (61, 17)])
-def test_image_round_trip_equals_val_reconstruction(compressor, size):
+def test_image_round_trip_equals_val_reconstruction(codec, size):
+    """Decoding a file gives what val.py measures, and that is the eval-mode forward pass:
+    the decoded dequantized symbols, costed by the same probability classifier."""
     image = _photo(*size, seed=size[0])
-    data = compressor.compress(image)
-    decoded = compressor.decompress(data)
+    data = codec.compress(image)
+    decoded = codec.decompress(data)
     assert decoded.shape == image.shape and decoded.dtype == np.uint8
-    expected, _ = reconstruct(compressor.model, image, torch.device("cpu"))
+    symbols = codec.symbols(image)
+    expected, bits = _forward(codec, image)
     assert np.array_equal(decoded, expected)
+    assert np.array_equal(codec.reconstruct(symbols, *size), expected)
+    assert codec.bits(symbols) == bits
 
 
-def test_kodak_crops_round_trip(compressor):
+def test_kodak_crops_round_trip(codec):
     """Real photographs (Kodak crops) where the shared data is available."""
     import os
 
@@ -139,53 +175,81 @@ def test_kodak_crops_round_trip(compressor):
     full = np.asarray(Image.open(kodak / "kodim23.png").convert("RGB"))
     for h, w in ((96, 128), (75, 101)):
         crop = full[200:200 + h, 300:300 + w]
-        decoded = compressor.decompress(compressor.compress(crop))
-        assert np.array_equal(decoded, reconstruct(compressor.model, crop, torch.device("cpu"))[0])
+        decoded = codec.decompress(codec.compress(crop))
+        assert np.array_equal(decoded, _forward(codec, crop)[0])
 
 
-def test_grayscale_input(compressor, tmp_path):
+def test_grayscale_input(codec, tmp_path):
     gray = _photo(24, 32)[..., 0]
     Image.fromarray(gray).save(tmp_path / "gray.png")
-    decoded = compressor.decompress(compressor.compress(tmp_path / "gray.png"))
+    decoded = codec.decompress(codec.compress(tmp_path / "gray.png"))
     assert decoded.shape == (24, 32, 3)
-    assert np.array_equal(decoded, compressor.decompress(compressor.compress(gray)))
+    assert np.array_equal(decoded, codec.decompress(codec.compress(gray)))
 
 
-def test_real_bits_close_to_estimate(compressor):
+def test_real_bits_close_to_estimate(codec):
     image = _photo(128, 128, seed=7)
-    symbols = compressor.symbols(image)
-    data, theory_bits = compressor.encode_symbols(symbols, 128, 128)
+    symbols = codec.symbols(image)
+    data, theory_bits = codec.encode_symbols(symbols, 128, 128)
     x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
     with torch.no_grad():
-        float_bits = float(compressor.model(pad_to_multiple(x)).bitcost.double().sum())
+        float_bits = float(codec(pad_to_multiple(x)).bitcost.double().sum())
     payload_bits = 8 * (len(data) - bitstream.HEADER_BYTES)
     assert theory_bits <= payload_bits <= 1.01 * theory_bits + 64  # coder flushes <= 2 words
     assert theory_bits == pytest.approx(float_bits, rel=0.01)  # integer model costs ~nothing
 
 
-def test_header_errors(compressor, job, tmp_path):
-    data = compressor.compress(_photo(16, 24))
+def test_header_errors(codec, job, tmp_path):
+    data = codec.compress(_photo(16, 24))
     with pytest.raises(BitstreamError, match="bad magic"):
-        compressor.decompress(b"JUNK" + data[4:])
+        codec.decompress(b"JUNK" + data[4:])
     with pytest.raises(BitstreamError, match="newer than this imgcomp"):
-        compressor.decompress(data[:4] + bytes([bitstream.FORMAT_VERSION + 1]) + data[5:])
+        codec.decompress(data[:4] + bytes([bitstream.FORMAT_VERSION + 1]) + data[5:])
     with pytest.raises(BitstreamError, match="truncated"):
-        compressor.decompress(data[:-3])
+        codec.decompress(data[:-3])
     with pytest.raises(BitstreamError, match="truncated"):
-        compressor.decompress(data[:10])
+        codec.decompress(data[:10])
     corrupted = bytearray(data)
     corrupted[-1] ^= 0x10
     with pytest.raises(BitstreamError, match="corrupted"):
-        compressor.decompress(bytes(corrupted))
+        codec.decompress(bytes(corrupted))
     other = load_codec(job / "ckpts")
     with torch.no_grad():
         other.probclass.conv_out.bias.add_(0.5)
     with pytest.raises(BitstreamError, match="another model"):
-        ImageCompressor(other).decompress(data)
+        other.decompress(data)
 
 
-def test_fuzzed_files_fail_cleanly_and_fast(compressor):
-    data = compressor.compress(_photo(24, 32, seed=3))
+def test_coder_follows_the_weights(job):
+    """The integer coder is cached, and rebuilt as soon as any weight changes (a model
+    trained further codes with its new weights, never with stale integers)."""
+    model = load_codec(job / "ckpts")
+    image = _photo(24, 32, seed=5)
+    data = model.compress(image)
+    fingerprint, coder = model.coder()
+    assert model.coder()[1] is coder and data[5:13] == fingerprint
+    weight = model.probclass.conv_in.weight
+    trained = weight.detach().clone()
+    with torch.no_grad():  # as an optimizer step would
+        weight.mul_(1.5)
+    new_fingerprint, new_coder = model.coder()
+    assert new_fingerprint != fingerprint and new_coder is not coder
+    with pytest.raises(BitstreamError, match="another model"):
+        model.decompress(data)
+    new_data = model.compress(image)
+    assert new_data[5:13] == new_fingerprint and new_data != data
+    assert np.array_equal(model.decompress(new_data), _forward(model, image)[0])
+    with torch.no_grad():  # restored weights: the old files decode again
+        weight.copy_(trained)
+    assert model.coder()[0] == fingerprint
+    assert np.array_equal(model.decompress(data), _forward(model, image)[0])
+    model.train()
+    with pytest.raises(RuntimeError, match="eval mode"):
+        model.compress(image)
+
+
+def test_fuzzed_files_fail_cleanly_and_fast(codec):
+    data = codec.compress(_photo(24, 32, seed=3))
     rng = np.random.default_rng(0)
     start = time.perf_counter()
     outcomes = {"error": 0, "image": 0}
@@ -197,7 +261,7 @@ def test_fuzzed_files_fail_cleanly_and_fast(compressor):
             for _ in range(rng.integers(1, 4)):
                 mutated[rng.integers(0, len(mutated))] ^= int(rng.integers(1, 256))
         try:
-            image = compressor.decompress(bytes(mutated))
+            image = codec.decompress(bytes(mutated))
         except BitstreamError:
             outcomes["error"] += 1
         else:
@@ -225,11 +289,11 @@ def test_cli_encode_decode(job, tmp_path, capsys):
 
 def test_module_api(job):
     image = _photo(16, 16)
-    data = bitstream.compress(image, model=job)
-    assert bitstream.decompress(data, model=job).shape == (16, 16, 3)
+    data = api.compress(image, model=job)
+    assert api.decompress(data, model=job).shape == (16, 16, 3)
 
 
 def test_default_model_is_shipped():
-    data = bitstream.compress(_photo(24, 40))
+    data = api.compress(_photo(24, 40))
     assert data[:4] == bitstream.MAGIC
-    assert bitstream.decompress(data).shape == (24, 40, 3)
+    assert api.decompress(data).shape == (24, 40, 3)

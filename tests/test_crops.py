@@ -5,9 +5,9 @@ import pytest
 from PIL import Image
 
 from imgcomp import crops
-from imgcomp.bitstream import default_model_dir
+from imgcomp.api import default_model_dir
 from imgcomp.codecs import CODECS, roundtrip
-from imgcomp.evaluation import sample_photos
+from imgcomp.imageio import sample_photos
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,6 @@
 """CUDA paths, skipped where no GPU is present (CI has none): training on the GPU, checkpoints
 that move between devices, and bitstreams that either device writes and the other reads."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -10,16 +8,14 @@ from PIL import Image
 
 from imgcomp import checkpoint as ckpt
 from imgcomp import training, validation
-from imgcomp.bitstream import ImageCompressor, default_model_dir
-from imgcomp.config import load_config
-from imgcomp.evaluation import read_measures_csv, sample_photos
+from imgcomp.api import default_model_dir, load_model
+from imgcomp.device import select_device
+from imgcomp.imageio import sample_photos
+from imgcomp.measures import read_measures_csv
 from imgcomp.metrics import psnr
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
-ROOT = Path(__file__).resolve().parents[1]
-AE_TINY = str(ROOT / "tests/configs/ae_tiny")
-PC_TINY = str(ROOT / "tests/configs/pc_tiny")
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
 
 
@@ -28,9 +24,9 @@ def photo():
     return np.asarray(Image.open(sample_photos()[0]).convert("RGB"))[40:296, 64:448]
 
 
-def test_training_on_cuda_resumes_on_cpu(tmp_path):
+def test_training_on_cuda_resumes_on_cpu(tmp_path, tiny_configs):
     torch.manual_seed(0)
-    ae_cfg, pc_cfg = load_config(AE_TINY), load_config(PC_TINY)
+    ae_cfg, pc_cfg = tiny_configs
     trainer = training.Trainer(ae_cfg, pc_cfg, CUDA, num_train_images=100)
     x = torch.rand(4, 3, 32, 32, device=CUDA) * 255
     first = trainer.train_step(x)
@@ -46,12 +42,12 @@ def test_training_on_cuda_resumes_on_cpu(tmp_path):
     assert on_cpu.train_step(x.cpu()) is not None
 
 
-def test_train_and_val_commands_on_cuda(tmp_path, photo):
+def test_train_and_val_commands_on_cuda(tmp_path, photo, ae_tiny, pc_tiny):
     images = tmp_path / "images"
     images.mkdir()
     for i in range(4):  # the tiny config's batch
         Image.fromarray(photo[:, 72 * i:72 * i + 160]).save(images / f"{i}.png")
-    assert training.main([AE_TINY, PC_TINY, "--dataset_train", str(images), "--dataset_test",
+    assert training.main([ae_tiny, pc_tiny, "--dataset_train", str(images), "--dataset_test",
                           str(images), "--log_dir_root", str(tmp_path / "logs"),
                           "--max_steps", "4", "--device", "cuda", "--num_workers", "1"]) == 0
     (log_dir,) = (tmp_path / "logs").iterdir()
@@ -67,7 +63,7 @@ def test_train_and_val_commands_on_cuda(tmp_path, photo):
 
 
 def test_bitstreams_decode_identically_on_either_device(photo):
-    on = {d: ImageCompressor.from_log_dir(default_model_dir(), device=d) for d in (CPU, CUDA)}
+    on = {d: load_model(default_model_dir(), device=d) for d in (CPU, CUDA)}
     encoded = {d: c.symbols(photo) for d, c in on.items()}
     # The encoders' float convolutions differ in the last bits, so a few symbols may differ.
     differing = (encoded[CPU] != encoded[CUDA]).float().mean().item()
@@ -81,3 +77,7 @@ def test_bitstreams_decode_identically_on_either_device(photo):
         agreement = psnr(torch.from_numpy(pixels[CPU]).float(),
                          torch.from_numpy(pixels[CUDA]).float())
         assert float(agreement) > 45
+
+
+def test_device_auto_picks_cuda():
+    assert select_device("auto") == CUDA and select_device("cpu") == CPU

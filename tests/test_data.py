@@ -1,4 +1,5 @@
-"""Tests of imgcomp.data (dataset specs, loaders) and imgcomp.records (TFRecord writer)."""
+"""Tests of imgcomp.imageio (finding and reading images), imgcomp.data (dataset specs,
+loaders) and imgcomp.records (TFRecord writer)."""
 
 import io
 import re
@@ -13,14 +14,13 @@ import torch
 from PIL import Image
 from tfrecord.writer import TFRecordWriter
 
-from imgcomp.data import (
+from imgcomp.data import DataWarning, count_tfrecords, make_loader
+from imgcomp.imageio import (
     DatasetError,
-    DataWarning,
     ImageReadError,
-    count_tfrecords,
-    load_image_rgb,
-    make_loader,
+    read_image,
     resolve_image_paths,
+    write_image,
 )
 from imgcomp.records import main as records_main
 from imgcomp.records import write_image_records
@@ -309,24 +309,38 @@ def test_image_modes_become_rgb(tmp_path: Path) -> None:
     }
     for name, (img, expected) in cases.items():
         img.save(tmp_path / name)
-        array = load_image_rgb(tmp_path / name)
+        array = read_image(tmp_path / name)
         assert array.shape == (6, 8, 3) and array.dtype == np.uint8, name
         if expected is not None:
             np.testing.assert_array_equal(array, expected, err_msg=name)
-    assert load_image_rgb((tmp_path / "gray.png").read_bytes()).shape == (6, 8, 3)
+    assert read_image((tmp_path / "gray.png").read_bytes()).shape == (6, 8, 3)
+    for name in ("gray.png", "rgba.png", "palette.png", "gray16.png"):  # in memory: the same
+        with Image.open(tmp_path / name) as img:
+            np.testing.assert_array_equal(read_image(img), read_image(tmp_path / name), name)
 
     loader, _ = make_loader(str(tmp_path / "*.png"), (6, 8), 4, train=False, num_workers=0)
     (batch,) = list(loader)
     check_batch(batch, 4, 6, 8)
 
 
-def test_load_image_rgb_names_the_file(tmp_path: Path) -> None:
+def test_read_image_names_the_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8 nonsense")
     with pytest.raises(ImageReadError, match=re.escape(str(bad))):
-        load_image_rgb(bad)
+        read_image(bad)
     with pytest.raises(ImageReadError, match="rec#3"):
-        load_image_rgb(b"nonsense", name="rec#3")
+        read_image(b"nonsense", name="rec#3")
+
+
+def test_read_image_arrays_and_write_image(tmp_path: Path) -> None:
+    rgb = gradient(6, 8)
+    assert read_image(rgb) is rgb
+    np.testing.assert_array_equal(read_image(rgb[..., 0]), np.dstack([rgb[..., 0]] * 3))
+    for bad in (rgb.astype(np.float32), rgb[..., :2], np.zeros(3, np.uint8)):
+        with pytest.raises(ValueError, match="H x W x 3 uint8"):
+            read_image(bad)
+    write_image(tmp_path / "out.png", rgb)
+    np.testing.assert_array_equal(read_image(tmp_path / "out.png"), rgb)
 
 
 # Seeds, epochs and ranks

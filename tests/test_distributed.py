@@ -16,8 +16,6 @@ from imgcomp import checkpoint as ckpt
 from imgcomp import validation
 
 ROOT = Path(__file__).resolve().parents[1]
-AE_TINY = str(ROOT / "tests/configs/ae_tiny")
-PC_TINY = str(ROOT / "tests/configs/pc_tiny")
 
 
 def _torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -41,8 +39,8 @@ def images(tmp_path_factory):
     return folder
 
 
-def test_ddp_ranks_share_parameters_but_not_data(images, tmp_path):
-    _torchrun(str(ROOT / "tests/ddp_probe.py"), AE_TINY, PC_TINY, str(images), str(tmp_path))
+def test_ddp_ranks_share_parameters_but_not_data(images, tmp_path, ae_tiny, pc_tiny):
+    _torchrun(str(ROOT / "tests/ddp_probe.py"), ae_tiny, pc_tiny, str(images), str(tmp_path))
     r0 = json.loads((tmp_path / "rank0.json").read_text())
     r1 = json.loads((tmp_path / "rank1.json").read_text())
     assert len(r0["batches"]) == len(r1["batches"]) == 3
@@ -53,9 +51,9 @@ def test_ddp_ranks_share_parameters_but_not_data(images, tmp_path):
     assert r0["buffers"] != r1["buffers"]
 
 
-def test_torchrun_train_one_log_dir_and_restore(images, tmp_path):
+def test_torchrun_train_one_log_dir_and_restore(images, tmp_path, ae_tiny, pc_tiny):
     logs = tmp_path / "logs"
-    common = [str(ROOT / "train.py"), AE_TINY, PC_TINY, "--dataset_train", str(images),
+    common = [str(ROOT / "train.py"), ae_tiny, pc_tiny, "--dataset_train", str(images),
               "--dataset_test", str(images), "--log_dir_root", str(logs), "--num_workers", "0"]
     out = _torchrun(*common, "--max_steps", "3").stdout
     assert "2 process(es)" in out
@@ -69,14 +67,9 @@ def test_torchrun_train_one_log_dir_and_restore(images, tmp_path):
     assert [s for s, _ in ckpt.list_checkpoints(log_dir)] == [3, 5]
 
 
-def test_sharded_val_equals_single_process(images, tmp_path):
-    logs = tmp_path / "logs"
-    from imgcomp import training
-
-    assert training.main([AE_TINY, PC_TINY, "--dataset_train", str(images), "--dataset_test",
-                          str(images), "--log_dir_root", str(logs), "--max_steps", "2",
-                          "--num_workers", "0"]) == 0
-    job_id = ckpt.job_id_of(next(logs.iterdir()))
+def test_sharded_val_equals_single_process(images, trained_copy):
+    logs = trained_copy.parent
+    job_id = ckpt.job_id_of(trained_copy)
     assert validation.main([str(logs), job_id, str(images), "--device", "cpu"]) == 0
     out_dir = logs / f"{job_id} {images.name}"
     single = (out_dir / "measures.csv").read_text()

@@ -10,45 +10,30 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from tfrecord.reader import tfrecord_loader
 
 from imgcomp import checkpoint as ckpt
-from imgcomp import plotting, training, validation
-from imgcomp.config import load_config
+from imgcomp import cli, measures, plotting, train_args, training, validation
 from imgcomp.data import make_loader
 from imgcomp.records import main as records_main
 
 ROOT = Path(__file__).resolve().parents[1]
-AE_TINY = str(ROOT / "tests/configs/ae_tiny")
-PC_TINY = str(ROOT / "tests/configs/pc_tiny")
 
 
-def _write_images(folder: Path, count: int = 4, size=(40, 48), ext: str = "png") -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:size[0], 0:size[1]]
-    paths = []
-    for i in range(count):
-        base = np.stack([xx * 4 + i * 10, yy * 5, (xx + yy) * 3], -1)
-        img = np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
-        paths.append(folder / f"img{i}.{ext}")
-        Image.fromarray(img).save(paths[-1], format="JPEG" if ext == "JPEG" else None)
-    return paths
+@pytest.fixture
+def run_train(tmp_path, ae_tiny, pc_tiny, train_images):
+    """train.py's main with the original's short flags, on the shared images, logging to
+    tmp_path / "logs": run_train(*flags, test_set=None) -> (exit code, log root)."""
+    def run(*extra: str, test_set: str | None = None) -> tuple[int, Path]:
+        data = str(train_images / "*.png")
+        logs = tmp_path / "logs"
+        code = training.main([ae_tiny, pc_tiny, "-dtrain", data, "-dtest", test_set or data,
+                              "-o", str(logs), "--num_workers", "0", *extra])
+        return code, logs
 
-
-def _train(tmp_path: Path, *extra: str, test_set: str | None = None) -> tuple[int, Path]:
-    data = tmp_path / "imgs"
-    if not data.is_dir():
-        _write_images(data)
-    logs = tmp_path / "logs"
-    code = training.main([AE_TINY, PC_TINY, "-dtrain", str(data / "*.png"),
-                          "-dtest", test_set or str(data / "*.png"), "-o", str(logs),
-                          "--num_workers", "0", *extra])
-    return code, logs
+    return run
 
 
 def _log_dirs(logs: Path) -> list[Path]:
@@ -59,7 +44,7 @@ def _log_dirs(logs: Path) -> list[Path]:
 
 
 def test_train_defaults_are_the_originals():
-    args = training.build_arg_parser().parse_args(["ae", "pc"])
+    args = train_args.build_arg_parser().parse_args(["ae", "pc"])
     assert (args.dataset_train, args.dataset_test, args.log_dir_root) == (
         "imgnet_train", "imgnet_test", "logs")
     assert (args.log_interval_train, args.log_interval_save, args.log_interval_test) == (
@@ -71,7 +56,7 @@ def test_train_defaults_are_the_originals():
 
 
 def test_train_short_flags_mean_the_long_ones():
-    parse = training.build_arg_parser().parse_args
+    parse = train_args.build_arg_parser().parse_args
     short = parse(["ae", "pc", "-dtrain", "A", "-dtest", "B", "-dcodec", "C", "-o", "D",
                    "-ltrain", "5", "-lsave", "6", "-ltest", "-1", "-lmeta", "-lgrads", "-t",
                    "-r", "E", "-i", "7", "-d", "text"])
@@ -89,23 +74,23 @@ def test_train_short_flags_mean_the_long_ones():
                                    ["--unknown_flag"]])
 def test_train_rejects_bad_values(flags, capsys):
     with pytest.raises(SystemExit):
-        training.build_arg_parser().parse_args(["ae", "pc", *flags])
+        train_args.build_arg_parser().parse_args(["ae", "pc", *flags])
     assert "error:" in capsys.readouterr().err
 
 
 def test_from_identity_and_ignored_flags_notes():
-    args = training.build_arg_parser().parse_args(
+    args = train_args.build_arg_parser().parse_args(
         ["ae", "pc", "--from_identity", "logs/0515_1103 a b", "-dcodec", "testset", "-lmeta",
          "-lgrads", "-d", "why"])
-    notes = training.resolve_restore_flags(args)
+    notes = train_args.resolve_restore_flags(args)
     assert args.restore == "logs/0515_1103 a b" and args.restore_skip_vars == "global_step,Adam"
     joined = "\n".join(notes)
     assert len(notes) == 4
     for flag in ("--dataset_codec_distance", "--log_run_metadata", "--summarize_gradients",
                  "--description"):
         assert flag in joined
-    plain = training.build_arg_parser().parse_args(["ae", "pc"])
-    assert training.resolve_restore_flags(plain) == [] and plain.restore is None
+    plain = train_args.build_arg_parser().parse_args(["ae", "pc"])
+    assert train_args.resolve_restore_flags(plain) == [] and plain.restore is None
 
 
 # train.py: restoring
@@ -120,8 +105,8 @@ def _trained_state(ae_cfg, pc_cfg) -> dict:
     return trainer.state_dict() | {"step": trainer.step}
 
 
-def test_restore_skip_vars_match_substrings_of_state_dict_names():
-    ae_cfg, pc_cfg = load_config(AE_TINY), load_config(PC_TINY)
+def test_restore_skip_vars_match_substrings_of_state_dict_names(tiny_configs):
+    ae_cfg, pc_cfg = tiny_configs
     state = _trained_state(ae_cfg, pc_cfg)
     torch.manual_seed(1)
     fresh = training.Trainer(ae_cfg, pc_cfg, torch.device("cpu"), num_train_images=100)
@@ -141,27 +126,27 @@ def test_restore_skip_vars_match_substrings_of_state_dict_names():
     assert everything.ae_optimizer.state  # nothing skipped: Adam's moments restored
 
 
-def test_restore_skipping_global_step_and_adam_starts_at_step_0():
-    ae_cfg, pc_cfg = load_config(AE_TINY), load_config(PC_TINY)
+def test_restore_skipping_global_step_and_adam_starts_at_step_0(tiny_configs):
+    ae_cfg, pc_cfg = tiny_configs
     state = _trained_state(ae_cfg, pc_cfg)
     trainer = training.Trainer(ae_cfg, pc_cfg, torch.device("cpu"), num_train_images=100)
-    skipped = trainer.restore(state, training.FROM_IDENTITY_SKIP_VARS.split(","))
+    skipped = trainer.restore(state, train_args.FROM_IDENTITY_SKIP_VARS.split(","))
     assert skipped == ["global_step", "Adam_AE", "Adam_PC"]
-    assert trainer.step == 0 and trainer.ae_schedule.last_epoch == 0
+    assert trainer.step == 0 and trainer.state_dict()["ae_schedule"]["last_epoch"] == 0
     assert not trainer.ae_optimizer.state
     key = "autoencoder.encoder.out.weight"
     assert torch.equal(trainer.model.state_dict()[key], state["model"][key])
 
 
-def test_restore_itr_takes_the_latest_checkpoint_at_or_before_it(tmp_path, capsys):
-    code, logs = _train(tmp_path, "--max_steps", "3", "-lsave", "1", "--keep_ckpts", "0",
+def test_restore_itr_takes_the_latest_checkpoint_at_or_before_it(run_train, capsys):
+    code, logs = run_train("--max_steps", "3", "-lsave", "1", "--keep_ckpts", "0",
                         "-ltest", "-1")
     assert code == 0
     (first,) = _log_dirs(logs)
     (first / "ckpts" / "ckpt-2.pt").unlink()
     capsys.readouterr()
     time.sleep(0.01)
-    code, _ = _train(tmp_path, "-r", str(first), "-i", "2", "--max_steps", "2", "-ltest", "-1")
+    code, _ = run_train("-r", str(first), "-i", "2", "--max_steps", "2", "-ltest", "-1")
     assert code == 0
     assert f"Restored {first / 'ckpts' / 'ckpt-1.pt'} (step 1)" in capsys.readouterr().out
     second = next(d for d in _log_dirs(logs) if d != first)
@@ -170,17 +155,17 @@ def test_restore_itr_takes_the_latest_checkpoint_at_or_before_it(tmp_path, capsy
     assert second.name.endswith(f" ae_tiny pc_tiny RESTORE@{root}@{ckpt.job_id_of(first)}")
     assert [s for s, _ in ckpt.list_checkpoints(second)] == [2]
 
-    code, _ = _train(tmp_path, "-r", str(first), "-i", "0", "--max_steps", "2")
+    code, _ = run_train("-r", str(first), "-i", "0", "--max_steps", "2")
     assert code == 1 and "no checkpoint of step <= 0" in capsys.readouterr().err
 
 
-def test_from_identity_restores_weights_only(tmp_path, capsys):
-    code, logs = _train(tmp_path, "--max_steps", "2", "-ltest", "-1")
+def test_from_identity_restores_weights_only(run_train, capsys):
+    code, logs = run_train("--max_steps", "2", "-ltest", "-1")
     (first,) = _log_dirs(logs)
     weights = ckpt.load_checkpoint(ckpt.checkpoint_path(first))["model"]
     capsys.readouterr()
     time.sleep(0.01)
-    code, _ = _train(tmp_path, "--from_identity", str(first), "--max_steps", "1", "-ltest", "-1",
+    code, _ = run_train("--from_identity", str(first), "--max_steps", "1", "-ltest", "-1",
                      "-lsave", "1")
     assert code == 0
     out = capsys.readouterr().out
@@ -212,19 +197,19 @@ def test_make_log_dir_with_restore_suffix(tmp_path):
 # train.py: testing, checkpoints, description, --temporary
 
 
-def test_log_interval_test_minus_one_means_no_testing(tmp_path, capsys):
+def test_log_interval_test_minus_one_means_no_testing(tmp_path, run_train, capsys):
     # Not even the test set is read: it does not exist here.
-    code, logs = _train(tmp_path, "--max_steps", "2", "-ltrain", "1", "-ltest", "-1",
+    code, logs = run_train("--max_steps", "2", "-ltrain", "1", "-ltest", "-1",
                         test_set=str(tmp_path / "nowhere" / "*.png"))
     assert code == 0
     out = capsys.readouterr().out
     assert "      2: loss=" in out and "[test]" not in out
-    code, _ = _train(tmp_path, "--max_steps", "2", "-ltest", "1")
+    code, _ = run_train("--max_steps", "2", "-ltest", "1")
     assert code == 0 and capsys.readouterr().out.count("[test]") == 2
 
 
-def test_ckpt_interval_zero_keeps_every_checkpoint_leaving_the_window(tmp_path):
-    code, logs = _train(tmp_path, "--max_steps", "3", "-lsave", "1", "--keep_ckpts", "1",
+def test_ckpt_interval_zero_keeps_every_checkpoint_leaving_the_window(run_train):
+    code, logs = run_train("--max_steps", "3", "-lsave", "1", "--keep_ckpts", "1",
                         "--ckpt_interval", "0", "-ltest", "-1")
     assert code == 0
     (log_dir,) = _log_dirs(logs)
@@ -233,7 +218,7 @@ def test_ckpt_interval_zero_keeps_every_checkpoint_leaving_the_window(tmp_path):
     assert sorted(preserved) == ["1", "2"]
     # The default (1 hour) keeps none of a run this short: the newest only.
     shutil.rmtree(logs)
-    code, logs = _train(tmp_path, "--max_steps", "3", "-lsave", "1", "--keep_ckpts", "1",
+    code, logs = run_train("--max_steps", "3", "-lsave", "1", "--keep_ckpts", "1",
                         "-ltest", "-1")
     (log_dir,) = _log_dirs(logs)
     assert [s for s, _ in ckpt.list_checkpoints(log_dir)] == [3]
@@ -262,19 +247,30 @@ def test_keep_every_hours_rule(tmp_path):
     assert not (tmp_path / ckpt.PRESERVED_NAME).exists()
 
 
-def test_description_and_temporary(tmp_path, capsys):
-    data = tmp_path / "imgs"
-    _write_images(data)
+def test_description_and_temporary(tmp_path, ae_tiny, pc_tiny, train_images, capsys):
+    data = train_images
     logs = tmp_path / "logs"
-    code = training.main([AE_TINY, PC_TINY, "-dtrain", str(data), "-dtest", str(data),
+    code = training.main([ae_tiny, pc_tiny, "-dtrain", str(data), "-dtest", str(data),
                           "-o", f"{logs}{os.sep}", "-t", "-d", "first try", "--max_steps", "1",
                           "-ltest", "-1", "--num_workers", "0"])
     assert code == 0
     assert not logs.exists()
     (log_dir,) = _log_dirs(tmp_path / "logs_TMP")
-    text = (log_dir / training.DESCRIPTION_NAME).read_text()
+    text = (log_dir / train_args.DESCRIPTION_NAME).read_text()
     assert text.endswith("step 0  first try\n")
     assert "note: --description goes to LOG_DIR/description.txt" in capsys.readouterr().out
+
+
+# --device of every entry point
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_device_cuda_without_cuda_is_one_error_line():
+    for main, argv in ((training.main, ["ae", "pc"]), (validation.main, ["logs", "j", "kodak"]),
+                       (cli.main, ["encode", "in.png", "-o", "out.imgc"])):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*argv, "--device", "cuda"])
+        assert str(exit_info.value) == "error: --device cuda but no CUDA device is available"
 
 
 # val.py
@@ -329,15 +325,15 @@ def test_plotter_flags_and_defaults():
         assert parse(["logs", "a", "kodak", flag, "x.pdf"]).output == "x.pdf"
     both = parse(["logs", "a", "kodak", "--style", "interp", "mean", "--ids", "A", "B"])
     assert both.style == ["interp", "mean"] and both.ids == ["A", "B"]
-    ms_ssim = plotting.make_curve("Ours", [0.2, 0.5], [0.96, 0.98])
+    ms_ssim = measures.make_curve("Ours", [0.2, 0.5], [0.96, 0.98])
     assert plotting.default_y_range("ms-ssim", [ms_ssim], (0, 1.2)) == (0.85, 1.0)
 
 
 # Records writer
 
 
-def test_mk_img_rec_output_file(tmp_path, capsys):
-    paths = _write_images(tmp_path / "src", 3)
+def test_mk_img_rec_output_file(tmp_path, make_images, capsys):
+    paths = make_images(tmp_path / "src", 3)
     out = tmp_path / "records" / "train" / "train-00001.tfrecord"
     assert records_main(["mk_img_rec", *map(str, paths), "-o", str(out),
                          "--feature_key", "image/encoded"]) == 0
@@ -357,8 +353,8 @@ def test_mk_img_rec_output_file(tmp_path, capsys):
     capsys.readouterr()
 
 
-def test_mk_img_rec_errors(tmp_path, capsys):
-    paths = _write_images(tmp_path / "src", 2, size=(40, 48))
+def test_mk_img_rec_errors(tmp_path, make_images, capsys):
+    paths = make_images(tmp_path / "src", 2, size=(40, 48))
     out = tmp_path / "r.tfrecord"
     assert records_main(["mk_img_rec", *map(str, paths), "-o", str(out),
                          "--assert_size", "41"]) == 1
@@ -421,11 +417,11 @@ parallel() {
 """
 
 
-def test_original_readme_records_commands(tmp_path, monkeypatch):
+def test_original_readme_records_commands(tmp_path, make_images, monkeypatch):
     data = tmp_path / "data"
-    train = _write_images(data / "train" / "n01440764", 2, ext="JPEG")
-    train += _write_images(data / "train" / "n01443537", 1, ext="JPEG")
-    val = _write_images(data / "val", 1, ext="JPEG")
+    train = make_images(data / "train" / "n01440764", 2, ext="JPEG")
+    train += make_images(data / "train" / "n01443537", 1, ext="JPEG")
+    val = make_images(data / "val", 1, ext="JPEG")
     script = ("set -e\n" + ("" if shutil.which("parallel") else FAKE_PARALLEL)
               + README_STEP_3)
     bin_dir = Path(sys.executable).parent  # `python` is this interpreter

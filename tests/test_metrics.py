@@ -1,4 +1,5 @@
-"""Tests for imgcomp.metrics: MS-SSIM against the original's golden values and pytorch-msssim."""
+"""Tests for imgcomp.metrics (MS-SSIM against the original's golden values and pytorch-msssim)
+and imgcomp.measures (measures of a reconstruction, measures.csv, means)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,14 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
+from imgcomp.measures import (
+    MeanMeasures,
+    Measure,
+    mean_measures,
+    measure,
+    read_measures_csv,
+    write_measures_csv,
+)
 from imgcomp.metrics import ms_ssim, ms_ssim_uint8, mse, psnr, psnr_uint8
 
 SHARED = Path(os.environ.get("IMGCOMP_SHARED", Path(__file__).resolve().parents[2] / "shared"))
@@ -206,3 +215,26 @@ def test_graph_definition_matches_the_original_training_graph(shape) -> None:
     ours = ms_ssim(torch.from_numpy(a).permute(0, 3, 1, 2), torch.from_numpy(b).permute(0, 3, 1, 2),
                    definition="graph")
     assert float(ours) == pytest.approx(_graph_ms_ssim_reference(a, b), rel=1e-9)
+
+
+def test_measure_of_a_reconstruction() -> None:
+    rng = np.random.default_rng(4)
+    a = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-9, 10, a.shape), 0, 255).astype(np.uint8)
+    assert measure(a, b, 24 * 32 * 0.5) == (0.5, ms_ssim_uint8(a, b), psnr_uint8(a, b))
+
+
+def test_measures_csv_and_means(tmp_path: Path) -> None:
+    rows = [Measure("a.png", 0.25, 0.95, 30.0), Measure("b.png", 0.5, 0.9712345678, 32.56789)]
+    path = tmp_path / "job kodak" / "measures.csv"
+    write_measures_csv(path, rows)
+    assert path.read_text().splitlines() == [
+        "img_name,bpp,ms-ssim,psnr", "a.png,0.250000,0.950000,30.0000",
+        "b.png,0.500000,0.971235,32.5679"]
+    assert read_measures_csv(path)[0] == rows[0]
+    assert mean_measures(rows) == MeanMeasures(2, float(np.mean([0.25, 0.5])),
+                                               float(np.mean([0.95, 0.9712345678])),
+                                               float(np.mean([30.0, 32.56789])))
+    path.write_text("img_name,bpp,psnr\n")
+    with pytest.raises(ValueError, match="not a measures.csv"):
+        read_measures_csv(path)

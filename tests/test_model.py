@@ -70,13 +70,47 @@ def test_masks():
     assert torch.equal(other[1], torch.tensor([[1.0, 1, 1], [1, 1, 0], [0, 0, 0]]))
 
 
-def _random_probclass(kernel_size=3, k=8, num_centers=6):
+def _random_probclass(kernel_size=3, k=8, num_centers=6, num_res_blocks=1):
     torch.manual_seed(1)
     # Linear logits: a ReLU on random logits would hide some of what the masks let through.
-    pc = ProbClassifier(num_centers, kernel_size, k, logits_relu=False)
+    pc = ProbClassifier(num_centers, kernel_size, k, logits_relu=False,
+                        num_res_blocks=num_res_blocks)
     for p in pc.parameters():  # make every weight matter
         torch.nn.init.normal_(p, std=0.5)
     return pc
+
+
+def test_probclass_layers_keep_the_original_names():
+    """Checkpoints, the shipped models and convert.py's TF variable map use these keys."""
+    pc = ProbClassifier(6)
+    assert list(pc.state_dict()) == [f"{name}.{p}" for name in
+                                     ("conv_in", "res_conv1", "res_conv2", "conv_out")
+                                     for p in ("weight", "bias")]
+    assert [(layer.name, layer.conv.include_centre, layer.relu, layer.skip_from)
+            for layer in pc.layers] == [("conv_in", False, True, None),
+                                        ("res_conv1", True, True, None),
+                                        ("res_conv2", True, False, 0),
+                                        ("conv_out", True, True, None)]
+
+
+def test_float_forward_is_the_described_network():
+    """Two residual blocks, written out by hand, against the forward driven by `layers`."""
+    pc = _random_probclass(k=8, num_res_blocks=2)
+    assert [layer.name for layer in pc.layers] == [
+        "conv_in", "res_conv1", "res_conv2", "res2_conv1", "res2_conv2", "conv_out"]
+    assert pc.context_pad == 6 and pc.context_size == 13
+    volume = pc.pad(torch.randn(2, 4, 5, 7), pad_value=-1.0)
+
+    def crop(x):  # to 2 layers (of 3x3 kernels) later: 2 off the front and every side
+        return x[:, :, 2:, 2:-2, 2:-2]
+
+    x0 = torch.relu(pc.conv_in(volume))
+    x2 = pc.res_conv2(torch.relu(pc.res_conv1(x0))) + crop(x0)
+    x4 = pc.res2_conv2(torch.relu(pc.res2_conv1(x2))) + crop(x2)
+    expected = pc.conv_out(x4)  # logits_relu=False
+    with torch.no_grad():
+        assert torch.equal(pc.logits_valid(volume), expected)
+    assert expected.shape == (2, 6, 4, 5, 7)
 
 
 def test_probclass_shapes_and_context():
@@ -89,11 +123,11 @@ def test_probclass_shapes_and_context():
     assert bits.shape == (2, 5, 7, 6) and torch.all(bits >= 0)
 
 
-@pytest.mark.parametrize("kernel_size", [3, 5])
-def test_probclass_is_causal(kernel_size):
+@pytest.mark.parametrize("kernel_size,num_res_blocks", [(3, 1), (5, 1), (3, 2)])
+def test_probclass_is_causal(kernel_size, num_res_blocks):
     """Changing any symbol at or after (c, h, w) in coding order leaves its logits unchanged;
     changing the symbol just before it does change them (so the test can fail)."""
-    pc = _random_probclass(kernel_size)
+    pc = _random_probclass(kernel_size, num_res_blocks=num_res_blocks)
     centers = torch.linspace(-2, 2, 6)
     C, H, W = 4, 5, 6
     gen = torch.Generator().manual_seed(0)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgcomp import plotting
-from imgcomp.evaluation import Measure, write_measures_csv
+from imgcomp import measures, plotting
+from imgcomp.measures import Measure, write_measures_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 JOBS = ("0101_0001", "0101_0002", "0101_0003")
@@ -62,7 +62,7 @@ def _run(results: tuple[Path, Path], tmp_path: Path, *extra: str,
 def _bd_rows(plot: Path) -> dict[str, dict[str, str]]:
     with open(plot.with_name(plot.stem + "_bdrate.csv"), newline="") as f:
         reader = csv.DictReader(f)
-        assert tuple(reader.fieldnames or ()) == plotting.BD_CSV_HEADER
+        assert tuple(reader.fieldnames or ()) == measures.BD_CSV_HEADER
         return {row["anchor"]: row for row in reader}
 
 
@@ -143,9 +143,9 @@ def test_interp_style_end_to_end_and_single_job_fallback(results, tmp_path, caps
 
 
 def test_bd_rate_without_overlap_is_nan():
-    ours = plotting.make_curve("ours", [0.2, 0.5], [0.97, 0.99])
-    codec = plotting.make_curve("codec", [0.2, 0.5], [0.90, 0.93])
-    value, note, n_anchor, n_ours = plotting.bd_rate(codec, ours, "ms-ssim")
+    ours = measures.make_curve("ours", [0.2, 0.5], [0.97, 0.99])
+    codec = measures.make_curve("codec", [0.2, 0.5], [0.90, 0.93])
+    value, note, n_anchor, n_ours = measures.bd_rate(codec, ours, "ms-ssim")
     assert math.isnan(value) and "no overlap" in note and (n_anchor, n_ours) == (2, 2)
 
 

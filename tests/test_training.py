@@ -1,5 +1,6 @@
 """Loss, optimization and train.py end to end (tiny configs, few steps, small images)."""
 
+import copy
 import os
 import re
 import signal
@@ -8,41 +9,32 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from imgcomp import checkpoint as ckpt
-from imgcomp import training
+from imgcomp import optimization, training
 from imgcomp.config import Config, load_config
 from imgcomp.losses import compute_loss
 from imgcomp.model import ImageCodec
 from imgcomp.records import write_image_records
 
 ROOT = Path(__file__).resolve().parents[1]
-AE_TINY = str(ROOT / "tests/configs/ae_tiny")
-PC_TINY = str(ROOT / "tests/configs/pc_tiny")
 TF_WRITTEN = ROOT / "tests/data/tf_written"
 
 
-def _write_images(folder: Path, count: int = 6, size=(40, 48)) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:size[0], 0:size[1]]
-    for i in range(count):
-        base = np.stack([xx * 4 + i * 10, yy * 5, (xx + yy) * 3], -1)
-        img = np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(img).save(folder / f"img{i}.png")
-    return folder
+@pytest.fixture
+def run_train(tmp_path, ae_tiny, pc_tiny, train_images):
+    """train.py's main on the shared images (or `dataset`), logging to tmp_path / "logs":
+    run_train(*flags, dataset=None) -> (exit code, log root)."""
+    def run(*extra: str, dataset: str | None = None) -> tuple[int, Path]:
+        data = dataset or str(train_images / "*.png")
+        logs = tmp_path / "logs"
+        code = training.main([ae_tiny, pc_tiny, "--dataset_train", data, "--dataset_test",
+                              data, "--log_dir_root", str(logs), "--num_workers", "0", *extra])
+        return code, logs
 
-
-def _train(tmp_path: Path, *extra: str, dataset: str | None = None) -> tuple[int, Path]:
-    data = dataset or str(_write_images(tmp_path / "imgs") / "*.png")
-    logs = tmp_path / "logs"
-    code = training.main([AE_TINY, PC_TINY, "--dataset_train", data, "--dataset_test", data,
-                          "--log_dir_root", str(logs), "--num_workers", "0", *extra])
-    return code, logs
+    return run
 
 
 def _only_log_dir(logs: Path) -> Path:
@@ -51,9 +43,9 @@ def _only_log_dir(logs: Path) -> Path:
     return dirs[0]
 
 
-def test_loss_decreases_on_a_fixed_batch():
+def test_loss_decreases_on_a_fixed_batch(tiny_configs):
     torch.manual_seed(0)
-    ae_cfg, pc_cfg = load_config(AE_TINY), load_config(PC_TINY)
+    ae_cfg, pc_cfg = tiny_configs
     trainer = training.Trainer(ae_cfg, pc_cfg, torch.device("cpu"), num_train_images=100)
     x = torch.rand(4, 3, 32, 32) * 255
     first = trainer.train_step(x)
@@ -65,11 +57,11 @@ def test_loss_decreases_on_a_fixed_batch():
     assert float(last.ms_ssim) > float(first.ms_ssim)
 
 
-def test_train_switches_freeze_parts():
+def test_train_switches_freeze_parts(tiny_configs):
     torch.manual_seed(0)
-    ae_cfg = load_config(AE_TINY)
+    ae_cfg = tiny_configs[0]
     frozen = ae_cfg.to_dict() | {"train_autoencoder": False}
-    trainer = training.Trainer(type(ae_cfg)(frozen), load_config(PC_TINY), torch.device("cpu"),
+    trainer = training.Trainer(type(ae_cfg)(frozen), tiny_configs[1], torch.device("cpu"),
                                num_train_images=100)
     ae_before = [p.detach().clone() for p in trainer.model.autoencoder.parameters()]
     pc_before = [p.detach().clone() for p in trainer.model.probclass.parameters()]
@@ -83,22 +75,86 @@ def test_train_switches_freeze_parts():
 def test_staircase_lr_schedule():
     cfg = load_config(ROOT / "ae_configs/cvpr/base")  # decay 0.1 every 2 epochs, staircase
     steps_per_epoch = 10.0
-    assert training.lr_factor(cfg, 0, steps_per_epoch) == 1.0
-    assert training.lr_factor(cfg, 19, steps_per_epoch) == 1.0
-    assert training.lr_factor(cfg, 20, steps_per_epoch) == pytest.approx(0.1)
-    assert training.lr_factor(cfg, 45, steps_per_epoch) == pytest.approx(0.01)
+    assert optimization.lr_factor(cfg, 0, steps_per_epoch) == 1.0
+    assert optimization.lr_factor(cfg, 19, steps_per_epoch) == 1.0
+    assert optimization.lr_factor(cfg, 20, steps_per_epoch) == pytest.approx(0.1)
+    assert optimization.lr_factor(cfg, 45, steps_per_epoch) == pytest.approx(0.01)
 
 
-def test_train_from_glob_writes_log_dir_checkpoint_and_events(tmp_path, capsys):
-    code, logs = _train(tmp_path, "--max_steps", "3", "--log_interval_train", "1",
-                        "--log_interval_test", "2", "--log_interval_save", "2")
+def _decaying(cfg: Config, staircase: bool, centers_factor: float | None = None) -> Config:
+    """`cfg` with a DECAY schedule of 0.5 every 2 epochs (50 steps at 100 images, batch 4)."""
+    return Config(cfg.to_dict() | {
+        "lr_schedule": "DECAY", "lr_schedule_decay_rate": 0.5,
+        "lr_schedule_decay_interval": 2, "lr_schedule_decay_staircase": staircase,
+        "lr_centers_factor": centers_factor})
+
+
+@pytest.mark.parametrize("staircase", [True, False])
+def test_learning_rates_equal_the_lambdalr_schedules_of_earlier_versions(staircase, tiny_configs):
+    """Each step's rates are bit for bit those of the torch LambdaLR schedules used before
+    (base rate * factor(step) for the update from step to step + 1), centres included."""
+    ae_cfg = _decaying(tiny_configs[0], staircase, centers_factor=0.3)
+    pc_cfg = _decaying(tiny_configs[1], staircase)
+    trainer = training.Trainer(ae_cfg, pc_cfg, torch.device("cpu"), num_train_images=100)
+    epoch = trainer.steps_per_epoch
+    references = []
+    for cfg, bases in ((ae_cfg, [ae_cfg.lr_initial, ae_cfg.lr_initial * 0.3]),
+                       (pc_cfg, [pc_cfg.lr_initial])):
+        optimizer = torch.optim.SGD([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": b}
+                                     for b in bases])
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s, cfg=cfg: optimization.lr_factor(cfg, s, epoch))
+        references.append((optimizer, schedule))
+    for step in range(300):
+        expected = tuple(schedule.get_last_lr() for _, schedule in references)
+        assert trainer.learning_rates(step) == expected, step
+        for optimizer, schedule in references:
+            optimizer.step()
+            schedule.step()
+    assert trainer.learning_rates(299)[0][0] <= ae_cfg.lr_initial * 0.5**5  # it did decay
+
+
+def _rates_in_use(trainer: training.Trainer) -> tuple[list[float], list[float]]:
+    return tuple([g["lr"] for g in optimizer.param_groups]
+                 for optimizer in (trainer.ae_optimizer, trainer.pc_optimizer))
+
+
+def test_train_step_uses_the_rates_of_its_step_and_restore_continues_them(tiny_configs):
+    """The rates set before each update are those of the step it starts from; a trainer
+    restored at step 3 takes steps 3 and 4 exactly as the one that went on."""
+    ae_cfg = _decaying(tiny_configs[0], staircase=False, centers_factor=2.0)
+    pc_cfg = _decaying(tiny_configs[1], staircase=False)
+    torch.manual_seed(0)
+    batches = [torch.rand(4, 3, 32, 32) * 255 for _ in range(5)]
+    trainer = training.Trainer(ae_cfg, pc_cfg, torch.device("cpu"), num_train_images=8)
+    used, saved = [], None
+    for step, x in enumerate(batches):
+        if step == 3:
+            saved = copy.deepcopy(trainer.state_dict()) | {"step": trainer.step}
+        trainer.train_step(x)
+        used.append(_rates_in_use(trainer))
+        assert used[-1] == trainer.learning_rates(step)
+    assert len({rates[0][0] for rates in used}) == 5  # a new rate every step (2 per epoch)
+    restored = training.Trainer(ae_cfg, pc_cfg, torch.device("cpu"), num_train_images=8)
+    restored.restore(saved, [])
+    for step, x in enumerate(batches[3:], start=3):
+        restored.train_step(x)
+        assert _rates_in_use(restored) == used[step]
+    for name, value in trainer.model.state_dict().items():
+        assert torch.equal(restored.model.state_dict()[name], value), name
+
+
+def test_train_from_glob_writes_log_dir_checkpoint_and_events(run_train, tiny_configs,
+                                                              capsys):
+    code, logs = run_train("--max_steps", "3", "--log_interval_train", "1",
+                           "--log_interval_test", "2", "--log_interval_save", "2")
     assert code == 0
     log_dir = _only_log_dir(logs)
     assert re.fullmatch(r"\d{4}_\d{4} ae_tiny pc_tiny", log_dir.name)
     ckpt_dir = log_dir / "ckpts"
     assert [s for s, _ in ckpt.list_checkpoints(ckpt_dir)] == [2, 3]
-    assert load_config(ckpt_dir / "ae_config") == load_config(AE_TINY)
-    assert load_config(ckpt_dir / "pc_config") == load_config(PC_TINY)
+    assert load_config(ckpt_dir / "ae_config") == tiny_configs[0]
+    assert load_config(ckpt_dir / "pc_config") == tiny_configs[1]
     assert list(log_dir.glob("events.out.tfevents.*"))
     assert not list(ckpt_dir.glob(".*tmp"))  # no temp files left from atomic saves
     state = ckpt.load_checkpoint(ckpt.checkpoint_path(ckpt_dir))
@@ -108,13 +164,10 @@ def test_train_from_glob_writes_log_dir_checkpoint_and_events(tmp_path, capsys):
     assert "[test] ms_ssim=" in out
 
 
-def test_tensorboard_tags(tmp_path):
+def test_tensorboard_tags(trained_log_dir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    code, logs = _train(tmp_path, "--max_steps", "2", "--log_interval_train", "1",
-                        "--log_interval_test", "1")
-    assert code == 0
-    events = EventAccumulator(str(_only_log_dir(logs)), size_guidance={"images": 0}).Reload()
+    events = EventAccumulator(str(trained_log_dir), size_guidance={"images": 0}).Reload()
     tags = events.Tags()
     for tag in ("train/bpp", "train/ms_ssim", "train/H_real", "test/bpp", "test/ms_ssim"):
         assert tag in tags["scalars"]
@@ -122,14 +175,14 @@ def test_tensorboard_tags(tmp_path):
     assert "train/centers" in tags["histograms"]
 
 
-def test_restore_continues_at_saved_step(tmp_path, capsys):
-    code, logs = _train(tmp_path, "--max_steps", "2")
+def test_restore_continues_at_saved_step(run_train, capsys):
+    code, logs = run_train("--max_steps", "2")
     assert code == 0
     log_dir = _only_log_dir(logs)
     first = ckpt.load_checkpoint(ckpt.checkpoint_path(log_dir / "ckpts"))
     capsys.readouterr()
-    code, _ = _train(tmp_path, "--max_steps", "4", "--restore", str(log_dir / "ckpts"),
-                     "--restore_continue")
+    code, _ = run_train("--max_steps", "4", "--restore", str(log_dir / "ckpts"),
+                        "--restore_continue")
     assert code == 0
     assert "(step 2)" in capsys.readouterr().out
     assert _only_log_dir(logs) == log_dir  # kept writing into the restored log dir
@@ -141,17 +194,17 @@ def test_restore_continues_at_saved_step(tmp_path, capsys):
     assert not torch.equal(first["model"][key], resumed["model"][key])
 
     # Already at --max_steps: nothing to do, nothing written.
-    code, _ = _train(tmp_path, "--max_steps", "4", "--restore", str(log_dir),
-                     "--restore_continue")
+    code, _ = run_train("--max_steps", "4", "--restore", str(log_dir),
+                        "--restore_continue")
     assert code == 0 and "nothing to do" in capsys.readouterr().out
 
 
-def test_restore_into_new_log_dir_and_skip_vars(tmp_path):
-    code, logs = _train(tmp_path, "--max_steps", "1")
+def test_restore_into_new_log_dir_and_skip_vars(run_train):
+    code, logs = run_train("--max_steps", "1")
     first = _only_log_dir(logs)
     time.sleep(0.01)
-    code, _ = _train(tmp_path, "--max_steps", "2", "--restore", str(first),
-                     "--restore_skip_vars", "probclass")
+    code, _ = run_train("--max_steps", "2", "--restore", str(first),
+                        "--restore_skip_vars", "probclass")
     assert code == 0
     dirs = sorted(p for p in logs.iterdir())
     assert len(dirs) == 2  # a new, unique log dir (same minute: job id gets a suffix)
@@ -160,8 +213,8 @@ def test_restore_into_new_log_dir_and_skip_vars(tmp_path):
     assert ckpt.load_checkpoint(ckpt.checkpoint_path(second))["step"] == 2
 
 
-def test_restore_with_a_new_config_uses_its_learning_rate(tmp_path):
-    ae_cfg, pc_cfg = load_config(AE_TINY), load_config(PC_TINY)
+def test_restore_with_a_new_config_uses_its_learning_rate(tiny_configs):
+    ae_cfg, pc_cfg = tiny_configs
     x = torch.rand(2, 3, 32, 32) * 255
     trainer = training.Trainer(ae_cfg, pc_cfg, torch.device("cpu"), num_train_images=100)
     for _ in range(3):
@@ -172,47 +225,50 @@ def test_restore_with_a_new_config_uses_its_learning_rate(tmp_path):
         "lr_schedule_decay_interval": 1, "lr_schedule_decay_staircase": False})
     restored = training.Trainer(faster, pc_cfg, torch.device("cpu"), num_train_images=100)
     restored.restore(state, [])
-    expected = faster.lr_initial * training.lr_factor(faster, 3, 100 / faster.batch_size)
+    expected = faster.lr_initial * optimization.lr_factor(faster, 3, 100 / faster.batch_size)
+    assert restored.learning_rates(restored.step)[0][0] == pytest.approx(expected)
+    restored.train_step(x)  # the update from step 3 to 4, at the new config's rate
     assert restored.ae_optimizer.param_groups[0]["lr"] == pytest.approx(expected)
-    assert restored.ae_schedule.get_last_lr()[0] == pytest.approx(expected)
-    restored.train_step(x)
-    expected = faster.lr_initial * training.lr_factor(faster, 4, 100 / faster.batch_size)
-    assert restored.ae_optimizer.param_groups[0]["lr"] == pytest.approx(expected)
+    expected = faster.lr_initial * optimization.lr_factor(faster, 4, 100 / faster.batch_size)
+    assert restored.learning_rates(restored.step)[0][0] == pytest.approx(expected)
+    assert restored.state_dict()["ae_schedule"]["_last_lr"][0] == pytest.approx(expected)
 
 
-def test_train_from_records_written_by_our_writer(tmp_path, monkeypatch):
-    imgs = sorted(_write_images(tmp_path / "src").glob("*.png"))
+def test_train_from_records_written_by_our_writer(tmp_path, ae_tiny, pc_tiny, make_images,
+                                                  monkeypatch):
+    imgs = make_images(tmp_path / "src", 6)
     write_image_records(imgs, tmp_path / "records/train", num_per_shard=4)
     write_image_records(imgs, tmp_path / "records/val")
     monkeypatch.setenv("RECORDS_ROOT", str(tmp_path / "records"))
     logs = tmp_path / "logs"
-    code = training.main([AE_TINY, PC_TINY, "--dataset_train", "imgnet_train",
+    code = training.main([ae_tiny, pc_tiny, "--dataset_train", "imgnet_train",
                           "--dataset_test", "imgnet_test", "--log_dir_root", str(logs),
                           "--max_steps", "2", "--num_workers", "0"])
     assert code == 0
     assert ckpt.load_checkpoint(ckpt.checkpoint_path(_only_log_dir(logs)))["step"] == 2
 
 
-def test_train_from_records_written_by_tensorflow(tmp_path, monkeypatch):
+def test_train_from_records_written_by_tensorflow(tmp_path, ae_tiny, pc_tiny, monkeypatch):
     monkeypatch.setenv("RECORDS_ROOT", str(TF_WRITTEN))
     logs = tmp_path / "logs"
-    code = training.main([AE_TINY, PC_TINY, "--dataset_train", "imgnet_train",
+    code = training.main([ae_tiny, pc_tiny, "--dataset_train", "imgnet_train",
                           "--dataset_test", "imgnet_test", "--log_dir_root", str(logs),
                           "--max_steps", "1", "--num_workers", "0"])
     assert code == 0
     assert ckpt.list_checkpoints(_only_log_dir(logs))[-1][0] == 1
 
 
-def test_corrupt_image_is_skipped_with_warning(tmp_path):
-    folder = _write_images(tmp_path / "imgs")
+def test_corrupt_image_is_skipped_with_warning(tmp_path, run_train, make_images):
+    folder = tmp_path / "imgs"
+    make_images(folder, 6)
     (folder / "broken.png").write_bytes(b"\x89PNG not really")
     with pytest.warns(UserWarning, match="broken.png"):
-        code, logs = _train(tmp_path, "--max_steps", "2", dataset=str(folder))
+        code, logs = run_train("--max_steps", "2", dataset=str(folder))
     assert code == 0
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, capsys):
-    code, logs = _train(tmp_path, "--max_steps", "2")
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(run_train, monkeypatch, capsys):
+    code, logs = run_train("--max_steps", "2")
     log_dir = _only_log_dir(logs)
     real_loss = training.compute_loss
 
@@ -221,30 +277,30 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, ca
         return terms._replace(total=terms.total * float("nan"))
 
     monkeypatch.setattr(training, "compute_loss", nan_loss)
-    code, _ = _train(tmp_path, "--max_steps", "5", "--restore", str(log_dir),
-                     "--restore_continue")
+    code, _ = run_train("--max_steps", "5", "--restore", str(log_dir),
+                        "--restore_continue")
     assert code == 1
     err = capsys.readouterr().err
     assert "NaN" in err and "ckpt-2.pt" in err
     assert [s for s, _ in ckpt.list_checkpoints(log_dir)] == [2]
 
 
-def test_bad_inputs_give_one_clear_error(tmp_path, capsys):
-    code, _ = _train(tmp_path, dataset=str(tmp_path / "nothing/*.png"))
+def test_bad_inputs_give_one_clear_error(tmp_path, run_train, capsys):
+    code, _ = run_train(dataset=str(tmp_path / "nothing/*.png"))
     assert code == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "nothing" in err and len(err.splitlines()) == 1
-    code, _ = _train(tmp_path, "--restore", str(tmp_path / "no_such_dir"))
+    code, _ = run_train("--restore", str(tmp_path / "no_such_dir"))
     assert code == 1 and "no_such_dir" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("workers", [0, 1])
-def test_sigterm_checkpoints_the_last_step(tmp_path, workers):
+def test_sigterm_checkpoints_the_last_step(tmp_path, workers, ae_tiny, pc_tiny, train_images):
     """SIGTERM to the trainer, or (with loader workers) to its whole process group."""
-    data = str(_write_images(tmp_path / "imgs") / "*.png")
+    data = str(train_images / "*.png")
     logs = tmp_path / "logs"
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), AE_TINY, PC_TINY, "--dataset_train", data,
+        [sys.executable, str(ROOT / "train.py"), ae_tiny, pc_tiny, "--dataset_train", data,
          "--dataset_test", data, "--log_dir_root", str(logs), "--num_workers", str(workers),
          "--log_interval_train", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
@@ -263,9 +319,9 @@ def test_sigterm_checkpoints_the_last_step(tmp_path, workers):
     assert len(saved) == 1 and saved[0][0] >= 3
 
 
-def test_k_mse_adds_a_weighted_mse_to_the_ms_ssim_distortion():
+def test_k_mse_adds_a_weighted_mse_to_the_ms_ssim_distortion(tiny_configs):
     torch.manual_seed(0)
-    ae_cfg, pc_cfg = load_config(AE_TINY), load_config(PC_TINY)
+    ae_cfg, pc_cfg = tiny_configs
     assert ae_cfg.distortion_to_minimize == "ms_ssim" and ae_cfg.K_mse == 0
     model = ImageCodec.from_configs(ae_cfg, pc_cfg).eval()
     x = torch.rand(2, 3, 32, 32) * 255

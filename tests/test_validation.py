@@ -9,14 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from imgcomp import training, validation
+from imgcomp import validation
 from imgcomp.autoencoder import pad_to_multiple
 from imgcomp.checkpoint import list_checkpoints, load_codec
 from imgcomp.metrics import ms_ssim_uint8
-
-ROOT = Path(__file__).resolve().parents[1]
-AE_TINY = str(ROOT / "tests/configs/ae_tiny")
-PC_TINY = str(ROOT / "tests/configs/pc_tiny")
 
 
 def _photo_like(h: int, w: int, seed: int) -> np.ndarray:
@@ -26,21 +22,11 @@ def _photo_like(h: int, w: int, seed: int) -> np.ndarray:
     return np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
 
 
-@pytest.fixture(scope="module")
-def job(tmp_path_factory):
-    """A tiny job trained for 3 steps, with checkpoints at steps 1, 2 and 3."""
-    root = tmp_path_factory.mktemp("val")
-    train_dir = root / "train"
-    train_dir.mkdir()
-    for i in range(4):
-        Image.fromarray(_photo_like(48, 56, i)).save(train_dir / f"t{i}.png")
-    logs = root / "logs"
-    assert training.main([AE_TINY, PC_TINY, "--dataset_train", str(train_dir),
-                          "--dataset_test", str(train_dir), "--log_dir_root", str(logs),
-                          "--max_steps", "3", "--log_interval_save", "1",
-                          "--num_workers", "0"]) == 0
-    (log_dir,) = logs.iterdir()
-    return logs, log_dir.name.split(" ")[0], log_dir
+@pytest.fixture
+def job(trained_copy):
+    """The tiny trained job (checkpoints at steps 1, 2 and 3), this test's own copy: val.py
+    writes its results next to the log dir."""
+    return trained_copy.parent, trained_copy.name.split(" ")[0], trained_copy
 
 
 @pytest.fixture
@@ -150,7 +136,7 @@ def test_real_bpp_writes_files_and_csv(job, images, capsys):
 
 
 def test_samples_are_bundled_photos():
-    from imgcomp.evaluation import resolve_images
+    from imgcomp.imageio import resolve_images
 
     name, paths = resolve_images("samples")
     assert name == "samples" and len(paths) == 5

@@ -1,0 +1,154 @@
+"""Image files: finding them (a folder, a glob, a known set name), reading any image as
+H x W x 3 uint8 RGB, and writing one.
+
+Inference (`imgcomp encode|decode`, val.py, other_codecs.py) needs only this module, not the
+training loaders and TFRecord readers of `imgcomp.data`.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"})
+# Known set names, as the original: `kodak` = $VAL_ROOT/kodak/*.png.
+KNOWN_DATASETS = {"kodak": ("kodak", "*.png")}
+# `samples`: real photographs that ship inside the scikit-image wheel, so that val.py runs on
+# a fresh install with no download.
+SAMPLE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png",
+                 "rocket.jpg")
+
+# A file to decode, encoded bytes, a PIL image or an H x W (x 3) uint8 array.
+ImageLike = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
+
+
+class DatasetError(ValueError):
+    """A dataset spec names no usable data."""
+
+
+class ImageReadError(ValueError):
+    """An image file (or encoded image bytes) cannot be decoded."""
+
+
+def resolve_image_paths(spec: str) -> list[Path]:
+    """Sorted image files named by a glob, a single file or a directory.
+
+    Raises DatasetError if nothing matches.
+    """
+    pattern = os.path.expanduser(spec)
+    if os.path.isdir(pattern):
+        candidates = glob.glob(os.path.join(glob.escape(pattern), "*"))
+        paths = [
+            p
+            for p in candidates
+            if os.path.splitext(p)[1].lower() in IMAGE_EXTENSIONS and os.path.isfile(p)
+        ]
+    elif os.path.isfile(pattern):
+        # Taken literally: a file name may contain glob characters such as '['.
+        paths = [pattern]
+    else:
+        paths = [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
+    if not paths:
+        raise DatasetError(f"no image files match the dataset spec {spec!r}")
+    return sorted(Path(p) for p in paths)
+
+
+def dataset_name(spec: str) -> str:
+    """The last path component before the glob: 'data/kodak/*.png' -> 'kodak',
+    'data/kodak' -> 'kodak', 'kodak' -> 'kodak'."""
+    parts = Path(os.path.expanduser(spec.rstrip("/\\"))).parts
+    for i, part in enumerate(parts):
+        if any(ch in part for ch in "*?["):
+            parts = parts[:i]
+            break
+    else:
+        if os.path.isfile(spec):
+            parts = parts[:-1]
+    if not parts or parts[-1] in ("", ".", ".."):
+        return Path(os.path.abspath(os.path.join(*parts) if parts else ".")).name or "images"
+    return parts[-1]
+
+
+def resolve_images(spec: str) -> tuple[str, list[Path]]:
+    """(dataset name, sorted image paths) of an IMAGES argument (val.py, other_codecs.py): a
+    known name (`kodak`, under $VAL_ROOT; `samples`, photos bundled with scikit-image), a
+    folder, or a quoted glob. DatasetError if nothing matches."""
+    if spec == "samples" and not os.path.exists(spec):
+        return spec, sample_photos()
+    if spec in KNOWN_DATASETS and not os.path.exists(spec):
+        root = os.environ.get("VAL_ROOT")
+        if not root:
+            raise DatasetError(f"{spec!r} means $VAL_ROOT/{spec}/*.png, but VAL_ROOT is not set")
+        folder, pattern = KNOWN_DATASETS[spec]
+        return spec, resolve_image_paths(os.path.join(root, folder, pattern))
+    return dataset_name(spec), resolve_image_paths(spec)
+
+
+def sample_photos() -> list[Path]:
+    """The bundled sample photographs (see SAMPLE_PHOTOS)."""
+    try:
+        import skimage
+    except ImportError as e:
+        raise DatasetError("'samples' are scikit-image's bundled photos: pip install "
+                           "scikit-image") from e
+    paths = [Path(skimage.data_dir) / name for name in SAMPLE_PHOTOS]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise DatasetError(f"scikit-image {skimage.__version__} lacks the sample photos "
+                           f"{', '.join(missing)} in {skimage.data_dir}")
+    return paths
+
+
+def read_image(image: ImageLike, name: str | None = None) -> np.ndarray:
+    """Any image as an H x W x 3 uint8 RGB array.
+
+    Files and encoded bytes are decoded; grayscale, palette, 16-bit, CMYK, ... become 8-bit
+    RGB and alpha is dropped (as TensorFlow's ``decode_image(channels=3)`` does). `name`
+    labels bytes in error messages; ImageReadError names the image on any decoding failure.
+    A PIL image is converted the same way; anything else must be an H x W x 3 or H x W (gray)
+    uint8 array (ValueError otherwise).
+    """
+    if isinstance(image, Image.Image):
+        return _to_rgb8(image)
+    if isinstance(image, bytes | bytearray | memoryview):
+        source: io.BytesIO | str | os.PathLike = io.BytesIO(image)
+        label = name or "<image bytes>"
+    elif isinstance(image, str | os.PathLike):
+        source = image
+        label = name or os.fspath(image)
+    else:
+        return _rgb8_array(np.asarray(image))
+    try:
+        with Image.open(source) as img:
+            img.load()
+            return _to_rgb8(img)
+    except Exception as exc:  # Pillow's plugins raise many exception types on corrupt data
+        raise ImageReadError(f"cannot read image {label}: {exc}") from exc
+
+
+def _to_rgb8(img: Image.Image) -> np.ndarray:
+    if img.mode == "I" or img.mode.startswith("I;16"):
+        # Pillow's conversion clips these at 255; rescale the 16-bit range instead.
+        gray = np.clip(np.rint(np.asarray(img, dtype=np.float64) / 257.0), 0, 255)
+        return np.repeat(gray.astype(np.uint8)[..., None], 3, axis=2)
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # avoids Pillow's warning on palette transparency
+    return np.array(img.convert("RGB"))
+
+
+def _rgb8_array(array: np.ndarray) -> np.ndarray:
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+        raise ValueError(f"expected an H x W x 3 uint8 image, got {array.shape} {array.dtype}")
+    return array
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Write an H x W x 3 uint8 array in the format `path`'s suffix names (.png: lossless)."""
+    Image.fromarray(image).save(path)
