@@ -12,7 +12,6 @@ import io
 import json
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 import torch
 
+from imgcomp.atomic import atomic_write_bytes
 from imgcomp.config import Config, config_job_name, config_to_text, load_config
 from imgcomp.convert import (
     RESTORE_PREFIX,
@@ -120,7 +120,7 @@ def ckpt_dir_of(path: str | os.PathLike) -> Path:
 
 def write_configs(ckpt_dir: Path, ae_cfg: Config, pc_cfg: Config) -> None:
     for name, cfg in ((AE_CONFIG_NAME, ae_cfg), (PC_CONFIG_NAME, pc_cfg)):
-        _atomic_write_bytes(ckpt_dir / name, config_to_text(cfg).encode())
+        atomic_write_bytes(ckpt_dir / name, config_to_text(cfg).encode())
 
 
 # Keys added when the original's graph became the default (README.md, "What differs from
@@ -180,20 +180,6 @@ def checkpoint_path(ckpt_dir: str | os.PathLike, step: int = -1) -> Path:
     return eligible[-1]
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; checkpoints and configs are shared files
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(ckpt_dir: Path, step: int, state: dict[str, Any], keep: int = 5,
                     keep_every_hours: float | None = None, run_start: float | None = None
                     ) -> Path:
@@ -203,7 +189,7 @@ def save_checkpoint(ckpt_dir: Path, step: int, state: dict[str, Any], keep: int 
     path = ckpt_dir / f"ckpt-{step}.pt"
     buffer = io.BytesIO()
     torch.save({"step": step, **state}, buffer)
-    _atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue())
     if keep > 0:
         prune_checkpoints(ckpt_dir, keep, keep_every_hours, run_start)
     return path
@@ -245,7 +231,7 @@ def prune_checkpoints(ckpt_dir: Path, keep: int, keep_every_hours: float | None 
         deleted.append(old)
     if preserved != recorded:
         if preserved:
-            _atomic_write_bytes(record, json.dumps(
+            atomic_write_bytes(record, json.dumps(
                 {str(s): t for s, t in sorted(preserved.items())}, indent=1).encode())
         else:
             record.unlink(missing_ok=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from imgcomp.atomic import atomic_open
 from imgcomp.metrics import ms_ssim_uint8, psnr_uint8
 
 MEASURES_HEADER = ("img_name", "bpp", "ms-ssim", "psnr")
@@ -89,13 +90,11 @@ def mean_measures(measures: Sequence[Measure]) -> MeanMeasures:
 def write_measures_csv(path: str | os.PathLike, measures: Iterable[Measure]) -> None:
     """Write `img_name,bpp,ms-ssim,psnr`, one row per image, in the given order."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(path).with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(MEASURES_HEADER)
         for m in measures:
             writer.writerow([m.img_name, f"{m.bpp:.6f}", f"{m.ms_ssim:.6f}", f"{m.psnr:.4f}"])
-    os.replace(tmp, path)
 
 
 def read_measures_csv(path: str | os.PathLike) -> list[Measure]:
@@ -188,7 +187,7 @@ def format_bd_table(rows: Sequence[BDRow]) -> str:
 
 
 def write_bd_csv(path: Path, rows: Sequence[BDRow]) -> None:
-    with open(path, "w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(BD_CSV_HEADER)
         for r in rows:

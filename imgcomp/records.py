@@ -23,7 +23,6 @@ import glob
 import io
 import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -31,6 +30,7 @@ from pathlib import Path
 from PIL import Image
 from tfrecord.writer import TFRecordWriter
 
+from imgcomp.atomic import atomic_path
 from imgcomp.data import FEATURE_KEY, DataWarning, count_tfrecords
 from imgcomp.imageio import DatasetError, resolve_image_paths
 
@@ -77,11 +77,9 @@ def write_image_record(paths: Iterable[str | os.PathLike], out_file: str | os.Pa
         raise DatasetError("no image files given")
     out = Path(out_file)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
     count = 0
-    try:
-        writer = TFRecordWriter(tmp)
+    with atomic_path(out) as tmp:
+        writer = TFRecordWriter(str(tmp))
         try:
             for path in paths:
                 data = _readable_image_bytes(path, min_size)
@@ -92,10 +90,6 @@ def write_image_record(paths: Iterable[str | os.PathLike], out_file: str | os.Pa
             writer.close()
         if not count:
             raise DatasetError(f"none of the {len(paths)} files is a readable image")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return count
 
 

@@ -8,7 +8,6 @@ summaries (most of their size). Scalars, histograms, configs and console.log sta
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.summary.writer.record_writer import RecordWriter
 
 from imgcomp import checkpoint as ckpt
+from imgcomp.atomic import atomic_open
 
 # What val.py, the codec and a resumed run need; the optimizer states are left out.
 SHIPPED_STATE = ("model", "ae_schedule", "pc_schedule")
@@ -49,12 +49,10 @@ def strip_images(events_path: Path) -> None:
             event.summary.value.extend(values)
             record = event.SerializeToString()
         kept.append(record)
-    tmp = events_path.with_name(events_path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_open(events_path, "wb") as f:
         writer = RecordWriter(f)
         for record in kept:
             writer.write(record)
-    os.replace(tmp, events_path)
 
 
 def _size(path: Path) -> int:
