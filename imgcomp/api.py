@@ -47,6 +47,8 @@ def compress(image: ImageLike, model: str | os.PathLike | None = None) -> bytes:
     return _cached_model(str(model or default_model_dir())).compress(image)
 
 
-def decompress(data: bytes, model: str | os.PathLike | None = None) -> np.ndarray:
-    """Decompress bytes made by `compress` with the same model."""
-    return _cached_model(str(model or default_model_dir())).decompress(data)
+def decompress(data: bytes, model: str | os.PathLike | None = None,
+               max_pixels: int | None = None) -> np.ndarray:
+    """Decompress bytes made by `compress` with the same model; BitstreamError for a file
+    claiming more than `bitstream.pixel_limit(max_pixels)` pixels (see ImageCodec.decompress)."""
+    return _cached_model(str(model or default_model_dir())).decompress(data, max_pixels)

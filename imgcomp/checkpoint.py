@@ -21,6 +21,7 @@ import torch
 
 from imgcomp.atomic import atomic_write_bytes
 from imgcomp.config import Config, config_job_name, config_to_text, load_config
+from imgcomp.config_schema import AE_SCHEMA, PC_SCHEMA
 from imgcomp.convert import (
     RESTORE_PREFIX,
     TFLogDirError,
@@ -123,6 +124,34 @@ def write_configs(ckpt_dir: Path, ae_cfg: Config, pc_cfg: Config) -> None:
         atomic_write_bytes(ckpt_dir / name, config_to_text(cfg).encode())
 
 
+def config_changes(old: tuple[Config, Config], new: tuple[Config, Config]) -> list[str]:
+    """How the (ae, pc) configs `new` differ from `old`, one line per key:
+    `ae_config lr_initial: 0.0001 -> 0.001`, `(absent)` for a key that one side lacks."""
+    lines = []
+    for name, before, after in zip((AE_CONFIG_NAME, PC_CONFIG_NAME), old, new, strict=True):
+        for key in [*before, *(k for k in after if k not in before)]:
+            a = repr(before[key]) if key in before else "(absent)"
+            b = repr(after[key]) if key in after else "(absent)"
+            if a != b:
+                lines.append(f"{name} {key}: {a} -> {b}")
+    return lines
+
+
+def keep_old_configs(ckpt_dir: Path, step: int) -> list[Path]:
+    """Copy the flattened configs to `NAME.stepSTEP.old` beside them, before new ones replace
+    them (`NAME.stepSTEP_2.old`, ... if the configs changed more than once at that step:
+    no copy is ever overwritten); returns the copies."""
+    copies = []
+    for name in (AE_CONFIG_NAME, PC_CONFIG_NAME):
+        copy, n = ckpt_dir / f"{name}.step{step}.old", 1
+        while copy.exists():
+            n += 1
+            copy = ckpt_dir / f"{name}.step{step}_{n}.old"
+        atomic_write_bytes(copy, (ckpt_dir / name).read_bytes())
+        copies.append(copy)
+    return copies
+
+
 # Keys added when the original's graph became the default (README.md, "What differs from
 # the original"): a log dir written before them was trained with these, the port's choices.
 LEGACY_AE_KEYS = {"tf_same_padding": False, "bottleneck_output_bn": False, "weight_init": "torch",
@@ -147,8 +176,11 @@ def read_configs(ckpt_dir: str | os.PathLike) -> tuple[Config, Config]:
     if missing:
         raise CheckpointError(f"{ckpt_dir} has no {' / '.join(missing)}: not a log dir of "
                               "train.py")
-    return (_with_legacy_keys(load_config(ckpt_dir / AE_CONFIG_NAME), LEGACY_AE_KEYS),
-            _with_legacy_keys(load_config(ckpt_dir / PC_CONFIG_NAME), LEGACY_PC_KEYS))
+    # Checked against the schemas; unused keys of the original were noted when it trained.
+    return (_with_legacy_keys(load_config(ckpt_dir / AE_CONFIG_NAME, AE_SCHEMA,
+                                          note_unused=False), LEGACY_AE_KEYS),
+            _with_legacy_keys(load_config(ckpt_dir / PC_CONFIG_NAME, PC_SCHEMA,
+                                          note_unused=False), LEGACY_PC_KEYS))
 
 
 def list_checkpoints(ckpt_dir: str | os.PathLike) -> list[tuple[int, Path]]:
@@ -190,6 +222,8 @@ def save_checkpoint(ckpt_dir: Path, step: int, state: dict[str, Any], keep: int 
     buffer = io.BytesIO()
     torch.save({"step": step, **state}, buffer)
     atomic_write_bytes(path, buffer.getvalue())
+    for stale in ckpt_dir.glob(".ckpt-*.pt"):  # temporaries of a run that was killed mid-save
+        stale.unlink(missing_ok=True)
     if keep > 0:
         prune_checkpoints(ckpt_dir, keep, keep_every_hours, run_start)
     return path

@@ -11,6 +11,9 @@ File format (one statement per logical line)::
 
 Values are evaluated by a small whitelist evaluator over Python's ``ast`` (literals, tuples,
 lists, dicts, unary +/-, arithmetic and previously defined names); nothing is ever executed.
+
+Given a schema (imgcomp.config_schema: AE_SCHEMA, PC_SCHEMA), every name assigned must be a
+declared key of the right type; the original's keys that the port ignores are noted.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from imgcomp.config_schema import ConfigSchema
 
 __all__ = ["Config", "ConfigError", "config_job_name", "config_to_text", "load_config"]
 
@@ -283,8 +288,13 @@ def _same_value(a: Any, b: Any) -> bool:
     return isinstance(a, bool) == isinstance(b, bool) and a == b
 
 
-def load_config(path: str | os.PathLike) -> Config:
-    """Parse a config file and everything it ``use``s into a :class:`Config`."""
+def load_config(path: str | os.PathLike, schema: ConfigSchema | None = None, *,
+                note_unused: bool = True) -> Config:
+    """Parse a config file and everything it ``use``s into a :class:`Config`.
+
+    With a schema: a name it does not declare is an error at its first assignment, a value of
+    the wrong type one at its last; the original's keys the port does not use are accepted
+    and, with `note_unused`, named in one console line, as train.py's ignored flags."""
     path = Path(os.path.abspath(path))
     if not path.is_file():
         raise ConfigError(f"{path}: config file does not exist")
@@ -318,7 +328,24 @@ def load_config(path: str | os.PathLike) -> Config:
                 stmt.lineno,
                 f"{name} = {values[name]!r} violates 'constrain {name} :: {cstmt.text}' ({where})",
             )
+    if schema is not None:
+        _check_schema(schema, path, statements, values, assigned_at, note_unused)
     return Config(values, path)
+
+
+def _check_schema(schema: ConfigSchema, path: Path, statements: list[_Statement],
+                  values: dict[str, Any], assigned_at: dict[str, _Statement],
+                  note_unused: bool) -> None:
+    for stmt in statements:
+        if stmt.kind == "assign" and (problem := schema.unknown_key_problem(stmt.name)):
+            raise _err(stmt.path, stmt.lineno, problem)
+    for name, value in values.items():
+        if problem := schema.type_problem(name, value):
+            raise _err(assigned_at[name].path, assigned_at[name].lineno, problem)
+    unused = [name for name in values if name in schema.unused_original_keys]
+    if unused and note_unused:
+        print(f"note: {path}: {', '.join(unused)}: keys of the original's {schema.kind} configs "
+              "that the port does not use; ignored")
 
 
 # ---------------------------------------------------------------------------- writing

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from imgcomp.config import Config, ConfigError, load_config
+from imgcomp.config_schema import AE_SCHEMA, PC_SCHEMA
 from imgcomp.model import ImageCodec
 from imgcomp.tf_checkpoint import TFCheckpointError, read_tf_checkpoint
 
@@ -71,8 +72,10 @@ def configs_from_log_dir_name(log_dir: str | os.PathLike) -> tuple[Config, Confi
     if len(parts) != 2:
         raise TFLogDirError(f"{log_dir}: name is not '<JOB_ID> <ae config> <pc config>'")
     try:
-        return (load_config(_resolve_config(parts[0], "ae", log_dir)),
-                load_config(_resolve_config(parts[1], "pc", log_dir)))
+        return (load_config(_resolve_config(parts[0], "ae", log_dir), AE_SCHEMA,
+                            note_unused=False),
+                load_config(_resolve_config(parts[1], "pc", log_dir), PC_SCHEMA,
+                            note_unused=False))
     except ConfigError as e:
         raise TFLogDirError(f"{log_dir}: {e}") from e
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from imgcomp.api import load_model
+from imgcomp.atomic import atomic_path
 from imgcomp.checkpoint import CheckpointError
 from imgcomp.codecs import CODECS, Codec, roundtrip
 from imgcomp.imageio import ImageReadError, read_image
@@ -102,7 +103,8 @@ def draw(panels: Sequence[Panel], box: tuple[int, int, int, int], path: Path,
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150)
+    with atomic_path(path) as tmp:  # keeps the suffix, which names the file type
+        fig.savefig(tmp, dpi=150)
     plt.close(fig)
 
 

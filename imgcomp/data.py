@@ -340,7 +340,8 @@ def _record_files(spec: str) -> list[Path]:
             f"(TFRecords are read from $RECORDS_ROOT/{subdir}/*.tfrecord)"
         )
     pattern = Path(os.path.expanduser(root), subdir, "*.tfrecord")
-    files = sorted(pattern.parent.glob(pattern.name))
+    # Hidden files are temporaries of a records write that was killed (imgcomp.atomic).
+    files = sorted(p for p in pattern.parent.glob(pattern.name) if not p.name.startswith("."))
     if not files:
         raise DatasetError(f"dataset {spec!r}: no files match {pattern} (from RECORDS_ROOT)")
     return files

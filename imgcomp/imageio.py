@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from imgcomp.atomic import atomic_path
+
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"})
 # Known set names, as the original: `kodak` = $VAL_ROOT/kodak/*.png.
 KNOWN_DATASETS = {"kodak": ("kodak", "*.png")}
@@ -150,5 +152,7 @@ def _rgb8_array(array: np.ndarray) -> np.ndarray:
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
-    """Write an H x W x 3 uint8 array in the format `path`'s suffix names (.png: lossless)."""
-    Image.fromarray(image).save(path)
+    """Write an H x W x 3 uint8 array in the format `path`'s suffix names (.png: lossless),
+    atomically."""
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp)

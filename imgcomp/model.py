@@ -3,6 +3,7 @@ and its compressed files: `compress(image) -> bytes`, `decompress(bytes) -> imag
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import numpy as np
@@ -135,9 +136,11 @@ class ImageCodec(nn.Module):
         header = Header(fingerprint, height, width, tuple(symbols.shape), words.nbytes)
         return pack(header, words.astype("<u4").tobytes()), bits
 
-    def decode_symbols(self, data: bytes) -> tuple[Header, Tensor]:
-        """The header and the (C, h, w) symbols of a file; BitstreamError if undecodable."""
-        header, payload = unpack(data)
+    def decode_symbols(self, data: bytes, max_pixels: int | None = None
+                       ) -> tuple[Header, Tensor]:
+        """The header and the (C, h, w) symbols of a file; BitstreamError if undecodable, or
+        if its image has more pixels than `bitstream.pixel_limit(max_pixels)`."""
+        header, payload = unpack(data, max_pixels)
         fingerprint, context = self.coder()
         if header.fingerprint != fingerprint:
             raise BitstreamError(f"file was compressed with another model (fingerprint "
@@ -148,10 +151,8 @@ class ImageCodec(nn.Module):
             raise BitstreamError(f"invalid header: {header.latent_shape[0]} channels, model "
                                  f"has {num_channels}")
         words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
-        try:
+        with _out_of_memory_as_bitstream_error(header):
             symbols = decode_symbols(context, words, header.latent_shape)
-        except (ValueError, RuntimeError) as e:  # constriction on undecodable data
-            raise BitstreamError(f"file is corrupted: {e}") from e
         return header, symbols
 
     def compress(self, image: ImageLike) -> bytes:
@@ -160,7 +161,24 @@ class ImageCodec(nn.Module):
         array = read_image(image)
         return self.encode_symbols(self.symbols(array), *array.shape[:2])[0]
 
-    def decompress(self, data: bytes) -> np.ndarray:
-        """Compressed bytes -> H x W x 3 uint8 image; BitstreamError if undecodable."""
-        header, symbols = self.decode_symbols(data)
-        return self.reconstruct(symbols, header.height, header.width)
+    def decompress(self, data: bytes, max_pixels: int | None = None) -> np.ndarray:
+        """Compressed bytes -> H x W x 3 uint8 image; BitstreamError if undecodable, or if the
+        image has more pixels than `bitstream.pixel_limit(max_pixels)` (a decompression-bomb
+        guard; by default $IMGCOMP_MAX_PIXELS if set, else bitstream.MAX_PIXELS)."""
+        header, symbols = self.decode_symbols(data, max_pixels)
+        with _out_of_memory_as_bitstream_error(header):
+            return self.reconstruct(symbols, header.height, header.width)
+
+
+@contextlib.contextmanager
+def _out_of_memory_as_bitstream_error(header: Header):
+    """Running out of memory on a file's image (numpy raises MemoryError, torch a RuntimeError
+    or OutOfMemoryError) is a BitstreamError naming the image size; other errors pass."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as e:
+        if not (isinstance(e, (MemoryError, torch.OutOfMemoryError))
+                or "can't allocate memory" in str(e)):
+            raise
+        raise BitstreamError(f"out of memory decoding a {header.width}x{header.height} "
+                             f"image") from e

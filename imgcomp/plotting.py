@@ -25,6 +25,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from imgcomp.atomic import atomic_path
 from imgcomp.codecs import DEFAULT_RESULTS_ROOT, results_root
 from imgcomp.measures import (
     METRIC_ATTRS,
@@ -298,11 +299,13 @@ def plot_rd(path: Path, line: Curve, points: Curve, codecs: Sequence[Curve],
         ax.grid(True, alpha=0.3)
         ax.legend(loc="lower right")
         if paper_figure:
-            fig.savefig(path, dpi=PAPER_DPI, bbox_inches="tight", pad_inches=0.02)
+            options = {"dpi": PAPER_DPI, "bbox_inches": "tight", "pad_inches": 0.02}
         else:
             ax.set_title(text(title))
             fig.tight_layout()
-            fig.savefig(path, dpi=NORMAL_DPI)
+            options = {"dpi": NORMAL_DPI}
+        with atomic_path(path) as tmp:  # keeps the suffix, which names the file type
+            fig.savefig(tmp, **options)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,10 +21,11 @@ from __future__ import annotations
 import argparse
 import glob
 import io
+import itertools
 import os
 import sys
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from PIL import Image
@@ -66,6 +67,27 @@ def is_record_file(out: str | os.PathLike) -> bool:
     return path.suffix == ".tfrecord" or (path.exists() and not path.is_dir())
 
 
+def _readable_images(paths: Iterable[Path], min_size: int | None) -> Iterator[bytes]:
+    """The bytes of the readable images among `paths` (see _readable_image_bytes)."""
+    return (data for data in (_readable_image_bytes(p, min_size) for p in paths)
+            if data is not None)
+
+
+def _write_record_file(out: Path, images: Iterable[bytes], feature_key: str) -> int:
+    """Write `images` into the record file `out` atomically (a kill leaves the old file or
+    none, never a truncated one that readers would take in); returns how many."""
+    count = 0
+    with atomic_path(out) as tmp:
+        writer = TFRecordWriter(str(tmp))
+        try:
+            for data in images:
+                writer.write({feature_key: (data, "byte")})
+                count += 1
+        finally:
+            writer.close()
+    return count
+
+
 def write_image_record(paths: Iterable[str | os.PathLike], out_file: str | os.PathLike,
                        feature_key: str = FEATURE_KEY, min_size: int | None = None) -> int:
     """Write the readable images among `paths` into the one record file `out_file` (made
@@ -77,20 +99,11 @@ def write_image_record(paths: Iterable[str | os.PathLike], out_file: str | os.Pa
         raise DatasetError("no image files given")
     out = Path(out_file)
     out.parent.mkdir(parents=True, exist_ok=True)
-    count = 0
-    with atomic_path(out) as tmp:
-        writer = TFRecordWriter(str(tmp))
-        try:
-            for path in paths:
-                data = _readable_image_bytes(path, min_size)
-                if data is not None:
-                    writer.write({feature_key: (data, "byte")})
-                    count += 1
-        finally:
-            writer.close()
-        if not count:
-            raise DatasetError(f"none of the {len(paths)} files is a readable image")
-    return count
+    images = _readable_images(paths, min_size)
+    first = next(images, None)
+    if first is None:
+        raise DatasetError(f"none of the {len(paths)} files is a readable image")
+    return _write_record_file(out, itertools.chain([first], images), feature_key)
 
 
 def write_image_records(
@@ -102,6 +115,7 @@ def write_image_records(
     min_size: int | None = None,
 ) -> list[Path]:
     """Write the readable images among `paths` to OUT_DIR/<prefix>_00000.tfrecord, ...
+    (each shard atomically).
 
     Returns the written files. Raises DatasetError if no image is readable,
     FileExistsError if OUT_DIR already holds shards of that prefix (stale shards of an
@@ -123,30 +137,17 @@ def write_image_records(
         )
 
     shards: list[Path] = []
-    writer: TFRecordWriter | None = None
-    count = 0
+    images = _readable_images(paths, min_size)
     try:
-        for path in paths:
-            data = _readable_image_bytes(path, min_size)
-            if data is None:
-                continue
-            if count % num_per_shard == 0:
-                if writer is not None:
-                    writer.close()
-                shards.append(out / f"{prefix}_{len(shards):05d}.tfrecord")
-                writer = TFRecordWriter(str(shards[-1]))
-            writer.write({feature_key: (data, "byte")})
-            count += 1
+        for first in images:  # each shard: this image and up to num_per_shard - 1 more
+            shards.append(out / f"{prefix}_{len(shards):05d}.tfrecord")
+            _write_record_file(
+                shards[-1], itertools.chain([first], itertools.islice(images, num_per_shard - 1)),
+                feature_key)
     except ImageTooSmallError:
-        if writer is not None:
-            writer.close()
-            writer = None
         for shard in shards:
             shard.unlink(missing_ok=True)
         raise
-    finally:
-        if writer is not None:
-            writer.close()
     if not shards:
         raise DatasetError(f"none of the {len(paths)} files is a readable image")
     return shards

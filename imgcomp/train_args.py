@@ -84,7 +84,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--restore_continue", action="store_true",
-        help="keep writing into the restored log dir instead of a new one",
+        help="keep writing into the restored log dir instead of a new one; configs that "
+        "differ from the log dir's are refused (see --restore_allow_config_change)",
     )
     p.add_argument(
         "--restore_skip_vars", metavar="A,B",
@@ -119,6 +120,13 @@ def build_arg_parser() -> argparse.ArgumentParser:
         help="newest checkpoints kept in ckpts/ (default 5, 0 = all); see --ckpt_interval",
     )
     port.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    port.add_argument(
+        "--restore_allow_config_change", action="store_true",
+        help="with --restore_continue, continue with configs that differ from the log dir's "
+        "(without it, such a run is refused with the list of changed keys); the old ones are "
+        "kept as ckpts/ae_config.stepSTEP.old and ckpts/pc_config.stepSTEP.old and the "
+        "change is logged in LOG_DIR/description.txt",
+    )
     return p
 
 
@@ -135,6 +143,9 @@ def resolve_restore_flags(args: argparse.Namespace) -> list[str]:
             notes.append(f"--from_identity: --restore_skip_vars {FROM_IDENTITY_SKIP_VARS} "
                          f"replaces {args.restore_skip_vars}")
         args.restore, args.restore_skip_vars = args.from_identity, FROM_IDENTITY_SKIP_VARS
+    if args.restore_allow_config_change and not (args.restore and args.restore_continue):
+        notes.append("--restore_allow_config_change has no effect without --restore and "
+                     "--restore_continue")
     if args.dataset_codec_distance:
         notes.append("--dataset_codec_distance is ignored: the distance to BPG needs BPG "
                      "measures, which this port does not have")

@@ -26,6 +26,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from imgcomp import checkpoint as ckpt
 from imgcomp.config import Config, ConfigError, load_config
+from imgcomp.config_schema import AE_SCHEMA, PC_SCHEMA
 from imgcomp.data import EpochDataLoader, make_loader
 from imgcomp.device import select_device
 from imgcomp.distributed import World, all_ranks_agree, any_rank, close_world, init_world
@@ -186,13 +187,16 @@ def main(argv: list[str] | None = None) -> int:
     finished = False
     try:
         exit_code = train(args, world, device)
-        # Ranks agree on when to stop, except after Ctrl-C (130), which each rank may catch at
-        # a different step: waiting for the others could then hang.
-        finished = exit_code != 130
+        finished = True  # the ranks agreed on the step to stop at
         return exit_code
     except (ConfigError, DatasetError, ckpt.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # A second Ctrl-C (_StopRequest), or one before training started: each rank stops
+        # where it is, so waiting for the others could hang.
+        print("Interrupted; exiting without saving.", file=sys.stderr)
+        return 130
     finally:
         close_world(world, finished)
 
@@ -202,7 +206,9 @@ def train(args: argparse.Namespace, world: World, device: torch.device) -> int:
     log = print if world.is_main else _silent
     for note in resolve_restore_flags(args):
         log(f"note: {note}")
-    ae_cfg, pc_cfg = load_config(args.ae_config), load_config(args.pc_config)
+    ae_cfg = load_config(args.ae_config, AE_SCHEMA, note_unused=world.is_main)
+    pc_cfg = load_config(args.pc_config, PC_SCHEMA, note_unused=world.is_main)
+    config_changes = _check_restore_continue(args, ae_cfg, pc_cfg)
     _seed_everything(args.seed)
     train_loader, num_train, test_loader = _make_loaders(args, ae_cfg, world)
     trainer = Trainer(ae_cfg, pc_cfg, device, num_train, world)
@@ -216,14 +222,15 @@ def train(args: argparse.Namespace, world: World, device: torch.device) -> int:
         return 0
     outputs = None
     if world.is_main:
-        log_dir = _make_log_dir(args, ae_cfg, pc_cfg, trainer.step)
+        log_dir = _make_log_dir(args, ae_cfg, pc_cfg, trainer.step, config_changes)
         print(
             f"Log dir: {log_dir}\nDevice: {device}; {num_train} training images; "
             f"{sum(p.numel() for p in trainer.model.parameters()):,} parameters; "
             f"{world.world_size} process(es) x batch {ae_cfg.batch_size}",
             flush=True,
         )
-        outputs = _MainOutputs(args, trainer, test_loader, log_dir)
+        outputs = _MainOutputs(args, trainer, test_loader, log_dir,
+                               continued=bool(args.restore and args.restore_continue))
     return _train_loop(args, trainer, train_loader, outputs)
 
 
@@ -255,11 +262,6 @@ def _make_loaders(args: argparse.Namespace, ae_cfg: Config, world: World
 
 def _restore(args: argparse.Namespace, trainer: Trainer, log: Callable[..., None]) -> None:
     """--restore (and --from_identity, resolved into it): the checkpoint into `trainer`."""
-    if args.restore_continue and ckpt.is_tf_ckpt_dir(ckpt.ckpt_dir_of(args.restore)):
-        raise ckpt.CheckpointError(
-            f"{args.restore} was written by the original (TF checkpoints): restore it "
-            "without --restore_continue, into a new log dir, or convert it first "
-            "(python -m imgcomp.convert)")
     restore_path = ckpt.checkpoint_path(args.restore, args.restore_itr)
     skip = restore_skip_vars(args)
     state = ckpt.load_checkpoint(restore_path, trainer.device)
@@ -280,9 +282,37 @@ def _restore(args: argparse.Namespace, trainer: Trainer, log: Callable[..., None
     log(f"Restored {restore_path} (step {trainer.step}{fresh})")
 
 
-def _make_log_dir(args: argparse.Namespace, ae_cfg: Config, pc_cfg: Config, step: int) -> Path:
+def _check_restore_continue(args: argparse.Namespace, ae_cfg: Config, pc_cfg: Config
+                            ) -> list[str]:
+    """With --restore_continue: refuse a log dir of the original, and configs that differ
+    from the log dir's flattened ones unless --restore_allow_config_change; returns the
+    changes (one line per key) that the run is allowed to make. Every rank checks, so all
+    refuse alike."""
+    if not (args.restore and args.restore_continue):
+        return []
+    ckpt_dir = ckpt.ckpt_dir_of(args.restore)
+    if ckpt.is_tf_ckpt_dir(ckpt_dir):
+        raise ckpt.CheckpointError(
+            f"{args.restore} was written by the original (TF checkpoints): restore it "
+            "without --restore_continue, into a new log dir, or convert it first "
+            "(python -m imgcomp.convert)")
+    changes = ckpt.config_changes(ckpt.read_configs(ckpt_dir), (ae_cfg, pc_cfg))
+    if changes and not args.restore_allow_config_change:
+        raise ckpt.CheckpointError(
+            f"--restore_continue: the configs differ from those {ckpt_dir} was trained with:\n"
+            + "".join(f"  {line}\n" for line in changes)
+            + "Pass --restore_allow_config_change to continue with the new ones (the old "
+            "ones are kept beside them), or restore without --restore_continue into a new "
+            "log dir.")
+    return changes
+
+
+def _make_log_dir(args: argparse.Namespace, ae_cfg: Config, pc_cfg: Config, step: int,
+                  config_changes: list[str]) -> Path:
     """The run's log dir (the restored one with --restore_continue, else a new one), with the
-    flattened configs in its ckpts/ and --description appended to its description file."""
+    flattened configs in its ckpts/ (the replaced ones kept beside them when
+    `config_changes`, which are logged) and --description appended to its description
+    file."""
     if args.restore and args.restore_continue:
         log_dir = ckpt.ckpt_dir_of(args.restore).parent
     else:
@@ -291,11 +321,27 @@ def _make_log_dir(args: argparse.Namespace, ae_cfg: Config, pc_cfg: Config, step
             log_dir_root = log_dir_root.rstrip(os.sep) + "_TMP"
         log_dir = ckpt.make_log_dir(log_dir_root, args.ae_config, args.pc_config,
                                     restore_dir=args.restore)
-    ckpt.write_configs(log_dir / ckpt.CKPTS_DIRNAME, ae_cfg, pc_cfg)
+    ckpt_dir = log_dir / ckpt.CKPTS_DIRNAME
+    if config_changes:
+        kept = ", ".join(str(p.relative_to(log_dir))
+                         for p in ckpt.keep_old_configs(ckpt_dir, step))
+        print(f"Configs changed at step {step} (--restore_allow_config_change); the old ones "
+              f"are kept as {kept}:\n" + "".join(f"  {line}\n" for line in config_changes),
+              end="", flush=True)
+        _append_description(log_dir, step, f"configs changed (old ones kept as {kept}): "
+                            + "; ".join(config_changes))
+    ckpt.write_configs(ckpt_dir, ae_cfg, pc_cfg)
     if args.description:
-        with open(log_dir / DESCRIPTION_NAME, "a") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  step {step}  {args.description}\n")
+        _append_description(log_dir, step, args.description)
     return log_dir
+
+
+def _append_description(log_dir: Path, step: int, text: str) -> None:
+    """One line at the end of the log dir's description file. An append, not an atomic
+    rewrite: the lines already there are never touched, and a kill can at worst cut the
+    new last line short, in a file that people read and no code parses."""
+    with open(log_dir / DESCRIPTION_NAME, "a") as f:
+        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  step {step}  {text}\n")
 
 
 def _batches_forever(loader: EpochDataLoader) -> Iterator[torch.Tensor]:
@@ -312,25 +358,49 @@ def _batches_forever(loader: EpochDataLoader) -> Iterator[torch.Tensor]:
 
 
 class _StopRequest:
-    """Turns SIGTERM into a flag checked between steps, so the last step is checkpointed."""
+    """Turns SIGTERM and Ctrl-C (SIGINT) into a flag checked between steps, so that a step is
+    taken as a whole (both optimizers or neither) and then checkpointed. A second Ctrl-C
+    raises KeyboardInterrupt at once: the run exits without saving (the last checkpoint
+    stays as it was: checkpoints are written atomically)."""
 
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def _handle(self, signum, frame) -> None:
-        self.requested = True
+    def __init__(self, announce: bool) -> None:
+        self.signum: int | None = None
+        self._announce = announce
+        # Data loader workers forked from this process inherit the handler; they leave
+        # stopping to this process (they stop when it does).
+        self._pid = os.getpid()
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum: int, frame) -> None:
+        if os.getpid() != self._pid:
+            return
+        if signum == signal.SIGINT and self.requested:
+            raise KeyboardInterrupt
+        self.signum = self.signum or signum
+        if self._announce and signum == signal.SIGINT:
+            # os.write to the stderr descriptor, not print: the handler may run inside a
+            # print of the loop.
+            os.write(2, b"\nCtrl-C: stopping after this step and saving it "
+                     b"(Ctrl-C again: exit at once, without saving)\n")
 
     def close(self) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
 
 
 def _train_loop(args: argparse.Namespace, trainer: Trainer, train_loader: EpochDataLoader,
                 outputs: _MainOutputs | None) -> int:
     """Every rank steps until --max_steps, SIGTERM (143), Ctrl-C (130) or a non-finite loss
-    (1); on the main rank, `outputs` logs, tests and checkpoints (None on the others)."""
+    (1); on the main rank, `outputs` logs, tests and checkpoints (None on the others), and
+    checkpoints the last step when stopping. A second Ctrl-C raises KeyboardInterrupt."""
     world, device = trainer.world, trainer.device
-    stop = _StopRequest()
+    stop = _StopRequest(announce=world.is_main)
     exit_code = 0
     try:
         for x in _batches_forever(train_loader):
@@ -340,28 +410,27 @@ def _train_loop(args: argparse.Namespace, trainer: Trainer, train_loader: EpochD
                 if world.is_main:
                     outputs.report_nan_loss()
                 return 1
-            # One flag for all ranks, so that they stop at the same step.
-            stopping = any_rank(stop.requested, world, device)
             if world.is_main:
                 outputs.after_step(terms, x)
+            # One flag for all ranks, so that they stop at the same step.
+            stopping = any_rank(stop.requested, world, device)
             if args.max_steps is not None and trainer.step >= args.max_steps:
                 if world.is_main:
                     print(f"Reached --max_steps {args.max_steps}.")
                 break
             if stopping:
+                # A rank stopped by another rank's signal exits as if terminated.
+                signum = stop.signum or signal.SIGTERM
                 if world.is_main:
-                    print("SIGTERM received; stopping.")
-                exit_code = 143
+                    print(f"{signal.Signals(signum).name} received; stopping.")
+                exit_code = 128 + signum
                 break
-    except KeyboardInterrupt:
-        print("Interrupted; stopping.")
-        exit_code = 130
+        if world.is_main:
+            outputs.save_unsaved_step()
     finally:
         stop.close()
         if world.is_main:
             outputs.close()
-    if world.is_main:
-        outputs.save_unsaved_step()
     return exit_code
 
 
@@ -370,11 +439,16 @@ class _MainOutputs:
     (console and TensorBoard), test results and checkpoints."""
 
     def __init__(self, args: argparse.Namespace, trainer: Trainer,
-                 test_loader: EpochDataLoader | None, log_dir: Path) -> None:
+                 test_loader: EpochDataLoader | None, log_dir: Path, continued: bool) -> None:
         self.args, self.trainer, self.test_loader = args, trainer, test_loader
         self.ckpt_dir = log_dir / ckpt.CKPTS_DIRNAME
         self.run_start = time.time()  # --ckpt_interval counts from here
-        self.writer = SummaryWriter(log_dir=str(log_dir))
+        # TensorBoard events are append-only streams of CRC'd records: a kill cuts at most
+        # the last record, which readers skip. A run continuing a log dir hides the
+        # summaries of the steps after its checkpoint (the interrupted run's lost steps,
+        # which it takes again) from TensorBoard.
+        self.writer = SummaryWriter(log_dir=str(log_dir),
+                                    purge_step=trainer.step + 1 if continued else None)
         self.last_saved_step = trainer.step
         # img/s of the last train summary's interval, all ranks together, training only.
         self.interval_start, self.interval_images = time.time(), 0

@@ -37,6 +37,12 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert torch.equal(ckpt.load_checkpoint(tmp_path / "ckpt-5.pt")["w"], torch.ones(3))
 
 
+def test_temporary_left_by_a_killed_save_is_removed_by_the_next(tmp_path):
+    (tmp_path / ".ckpt-5.abc123.pt").write_bytes(b"half a checkpoint")  # kill -9 mid-save
+    ckpt.save_checkpoint(tmp_path, 6, {"w": torch.ones(3)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-6.pt"]
+
+
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "ckpt-1.pt").write_bytes(b"garbage")
     with pytest.raises(ckpt.CheckpointError, match="cannot read checkpoint .*ckpt-1.pt"):

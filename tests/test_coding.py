@@ -1,6 +1,5 @@
-"""Entropy coding: exactness of the integer context model, round trips, files, errors, fuzz."""
+"""Entropy coding: exactness of the integer context model, round trips, files, errors."""
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,15 @@ from imgcomp.api import load_model
 from imgcomp.autoencoder import pad_to_multiple
 from imgcomp.bitstream import BitstreamError
 from imgcomp.checkpoint import load_codec
-from imgcomp.coding import ACT_FRAC_BITS, IntegerContextModel, decode_symbols, encode_symbols
+from imgcomp.coding import (
+    ACT_FRAC_BITS,
+    IntegerContextModel,
+    _Extent,
+    _wavefront_time,
+    decode_symbols,
+    encode_symbols,
+    probabilities,
+)
 from imgcomp.probclass import ProbClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,6 +99,23 @@ def test_deeper_wider_context_model_round_trip():
     assert 32 * words.size <= bits + 64 + 0.01 * bits
 
 
+@pytest.mark.parametrize("shape, reach", [((5, 7, 9), 1), ((3, 4, 11), 2), ((1, 1, 1), 1)])
+def test_wavefront_slabs_give_the_coding_order(shape, reach):
+    """The decoder makes positions a few steps at a time, row by row; concatenated they are
+    the positions sorted by wavefront time, then flat index (the encoder's order)."""
+    extent = _Extent(-2, -1, -3, *shape)
+    d, h, w = np.meshgrid(np.arange(shape[0]) - 2, np.arange(shape[1]) - 1,
+                          np.arange(shape[2]) - 3, indexing="ij")
+    times = _wavefront_time(d.ravel(), h.ravel(), w.ravel(), reach)
+    expected = np.argsort(times, kind="stable")
+    first, end = int(times.min()), int(times.max()) + 1
+    for slab in (1, 3, 16, end - first):
+        parts = [extent.wavefront(t0, min(t0 + slab, end), reach)
+                 for t0 in range(first, end, slab)]
+        assert np.array_equal(np.concatenate([flat for flat, _ in parts]), expected)
+        assert np.array_equal(np.concatenate([t for _, t in parts]), times[expected])
+
+
 def test_integer_model_refuses_what_it_cannot_code_exactly():
     with pytest.raises(ValueError, match="too wide for exact"):
         IntegerContextModel(ProbClassifier(6, 3, 1024), torch.arange(6.0), 0.0)
@@ -105,6 +129,26 @@ def test_symbol_round_trip(shape):
     assert torch.equal(decode_symbols(model, words, shape), symbols)
     # The range coder's output is within a word or two of the cross-entropy.
     assert 32 * words.size <= bits + 64 + 0.01 * bits
+
+
+@pytest.mark.parametrize("std", [0.2, 0.5])
+@pytest.mark.parametrize("pick", [np.argmax, np.argmin], ids=["likeliest", "unlikeliest"])
+def test_payload_budget_admits_extreme_volumes(std, pick):
+    """Decoding refuses symbols that carry more information than the payload holds; volumes
+    of the likeliest symbols (~0 bits each) or the unlikeliest (probabilities down to 1e-10,
+    which the range coder floors at 2^-24) still decode."""
+    _, _, model = _context_model(std=std)
+    shape = (4, 9, 13)
+
+    def step(logits):
+        probs = probabilities(logits)
+        return pick(probs, axis=1)
+
+    symbols = model.decode(shape, step)
+    words, _ = encode_symbols(model, symbols)
+    assert torch.equal(decode_symbols(model, words, shape), symbols)
+    with pytest.raises(BitstreamError, match="payload exhausted"):
+        decode_symbols(model, words[:len(words) // 2], shape)
 
 
 def test_round_trip_with_5x5_kernels():
@@ -246,29 +290,6 @@ def test_coder_follows_the_weights(job):
     model.train()
     with pytest.raises(RuntimeError, match="eval mode"):
         model.compress(image)
-
-
-def test_fuzzed_files_fail_cleanly_and_fast(codec):
-    data = codec.compress(_photo(24, 32, seed=3))
-    rng = np.random.default_rng(0)
-    start = time.perf_counter()
-    outcomes = {"error": 0, "image": 0}
-    for trial in range(150):
-        mutated = bytearray(data)
-        if trial % 3 == 0:
-            mutated = mutated[: rng.integers(0, len(data))]
-        else:
-            for _ in range(rng.integers(1, 4)):
-                mutated[rng.integers(0, len(mutated))] ^= int(rng.integers(1, 256))
-        try:
-            image = codec.decompress(bytes(mutated))
-        except BitstreamError:
-            outcomes["error"] += 1
-        else:
-            assert image.shape == (24, 32, 3) and image.dtype == np.uint8
-            outcomes["image"] += 1
-    assert outcomes["error"] > 100
-    assert time.perf_counter() - start < 60
 
 
 def test_cli_encode_decode(job, tmp_path, capsys):

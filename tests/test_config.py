@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import copy
+import json
+import os
 import pickle
+import re
 from pathlib import Path
 
 import pytest
 
+from imgcomp import checkpoint as ckpt
 from imgcomp.config import Config, ConfigError, config_job_name, config_to_text, load_config
+from imgcomp.config_schema import AE_SCHEMA, PC_SCHEMA, SCHEMAS, ConfigSchema
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(
@@ -316,9 +321,10 @@ def test_config_job_name(path: str, expected: str):
 # ---------------------------------------------------------------------------- errors
 
 
-def assert_config_error(path: Path, lineno: int, *fragments: str) -> ConfigError:
+def assert_config_error(path: Path, lineno: int, *fragments: str,
+                        schema: ConfigSchema | None = None) -> ConfigError:
     with pytest.raises(ConfigError) as info:
-        load_config(path)
+        load_config(path, schema)
     message = str(info.value)
     assert message.startswith(f"{path}:{lineno}: "), message
     for fragment in fragments:
@@ -480,3 +486,201 @@ def test_to_text_round_trip_of_awkward_values(tmp_path: Path):
     assert type(back.one) is tuple
     assert type(back.empty) is tuple
     assert back.dollar == "$HOME$/x$"
+
+
+# ---------------------------------------------------------------------------- schema
+
+# Keys of the original's configs (fab-jul/imgcomp-cvpr, code/ae_configs and code/pc_configs).
+ORIGINAL_KEYS = {
+    "ae": {"num_chan_bn", "regularization_factor", "normalization", "heatmap", "beta",
+           "train_autoencoder", "train_probclass", "arch", "distortion_to_minimize", "K_psnr",
+           "K_ms_ssim", "centers_initial_range", "num_centers", "regularization_factor_centers",
+           "H_target", "crop_size", "batch_size", "lr_initial", "lr_centers_factor",
+           "optimizer", "optimizer_momentum", "lr_schedule", "lr_schedule_decay_interval",
+           "lr_schedule_decay_rate", "lr_schedule_decay_staircase", "arch_param_B"},
+    "pc": {"arch", "kernel_size", "lr_initial", "optimizer", "optimizer_momentum",
+           "lr_schedule", "lr_schedule_decay_interval", "lr_schedule_decay_rate",
+           "lr_schedule_decay_staircase", "arch_param__k", "arch_param__non_linearity",
+           "arch_param__fc", "regularization_factor", "learn_pad_var", "use_centers_for_padding"},
+}
+ORIGINAL_FIXTURE = (Path(os.environ.get("IMGCOMP_SHARED", REPO.parent / "shared"))
+                    / "fixtures/original_tf1")
+
+
+def kind_of(path: Path) -> str:
+    """ae or pc, from the config's folder (ae_configs/...) or name (ae_tiny, pc_config)."""
+    for part in reversed(path.parts):
+        if part[:3] in ("ae_", "pc_"):
+            return part[:2]
+    raise AssertionError(f"kind of {path}?")
+
+
+def log_dirs() -> list[Path]:
+    """Every log dir of ours here (shipped, logs_ab/ if present) and the original's fixture."""
+    dirs = [p.parent for root in ("ckpts", "logs_ab") for p in (REPO / root).glob("*/ckpts")]
+    return sorted(dirs) + sorted(p.parent for p in ORIGINAL_FIXTURE.glob("*/ckpts"))
+
+
+def cvpr_leaf(tmp_path: Path, lines: str, name: str = "leaf") -> Path:
+    return write(tmp_path, name, f"use {REPO}/ae_configs/cvpr/base\n# a comment\n{lines}")
+
+
+def test_schema_defaults_are_the_base_files():
+    for schema in (AE_SCHEMA, PC_SCHEMA):
+        base_path = REPO / f"{schema.kind}_configs/base"
+        base = load_config(base_path, schema)
+        declared = {k.name: k.default for k in schema.keys.values() if k.name in base}
+        assert {k: base[k] for k in declared} == declared
+        for name, default in declared.items():
+            assert type(base[name]) is type(default), name
+        # pc_configs/base has never set optimizer_momentum (the original's sets 0.9).
+        unset = {"pc": {"optimizer_momentum"}, "ae": set()}[schema.kind]
+        assert set(base) == set(schema.keys) - unset | set(schema.unused_original_keys)
+        # The words of each `constrain` line are those of the key's type.
+        for name, words in re.findall(r"^constrain (\w+) :: (.*)$", base_path.read_text(), re.M):
+            assert tuple(w.strip() for w in words.split(",")) == schema.keys[name].type.choices
+
+
+def test_every_key_the_code_reads_is_declared():
+    declared = set(AE_SCHEMA.keys) | set(PC_SCHEMA.keys)
+    config_api = {"source_path", "to_dict", "items", "keys", "values", "get"}
+    read = set()
+    for source in set((REPO / "imgcomp").glob("*.py")) - {REPO / "imgcomp/config.py"}:
+        text = source.read_text()
+        read |= set(re.findall(r"\b(?:ae_cfg|pc_cfg|cfg|ae|pc)\.([A-Za-z_]\w*)", text))
+        read |= set(re.findall(r"\b(?:ae_cfg|pc_cfg|cfg)\.get\(\"(\w+)\"", text))
+    assert "lr_centers_factor" in read and "K_mse" in read  # the patterns see the code
+    assert read - config_api <= declared
+
+
+def test_keys_of_the_original_are_declared_or_ignored():
+    for kind, keys in ORIGINAL_KEYS.items():
+        schema = SCHEMAS[kind]
+        assert keys - set(schema.keys) == set(schema.unused_original_keys)
+    assert set(PC_SCHEMA.unused_original_keys) == {
+        "arch_param__non_linearity", "arch_param__fc", "learn_pad_var"}
+    assert not AE_SCHEMA.unused_original_keys
+
+
+def test_legacy_keys_are_declared_values():
+    for legacy, schema in ((ckpt.LEGACY_AE_KEYS, AE_SCHEMA), (ckpt.LEGACY_PC_KEYS, PC_SCHEMA)):
+        for name, value in legacy.items():
+            assert name in schema.keys and schema.type_problem(name, value) is None, name
+
+
+@pytest.mark.parametrize("path", [*SHIPPED, *sorted((REPO / "tests/configs").iterdir())],
+                         ids=lambda p: str(p.relative_to(REPO)))
+def test_every_config_file_passes_its_schema(path: Path, capsys: pytest.CaptureFixture):
+    cfg = load_config(path, SCHEMAS[kind_of(path)], note_unused=False)
+    assert cfg == load_config(path)  # checking changes no value
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("log_dir", log_dirs(), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_log_dir_config_loads(log_dir: Path, capsys: pytest.CaptureFixture):
+    ae, pc = ckpt.read_configs(log_dir)
+    assert ae.arch == "CVPR" and pc.arch == "res_shallow"
+    assert capsys.readouterr() == ("", "")  # log dirs load silently
+
+
+def test_original_flattened_configs_load(tmp_path: Path, capsys: pytest.CaptureFixture):
+    metas = sorted(ORIGINAL_FIXTURE.glob("*/oracle/meta.json"))
+    if not metas:
+        pytest.skip("original_tf1 fixture not available (set IMGCOMP_SHARED)")
+    meta = json.loads(metas[0].read_text())
+    for kind in ("ae", "pc"):
+        assert set(meta[f"{kind}_config"]) == ORIGINAL_KEYS[kind]
+        path = write(tmp_path, f"{kind}_config", config_to_text(Config(meta[f"{kind}_config"])))
+        assert load_config(path, SCHEMAS[kind]) == Config(meta[f"{kind}_config"])
+    assert capsys.readouterr().out.count("note:") == 1  # the pc config's unused keys
+
+
+def test_misspelled_key_names_file_line_and_suggestion(tmp_path: Path):
+    path = cvpr_leaf(tmp_path, "lr_intial = 1e-3\n")
+    assert_config_error(path, 3, "unknown ae config key 'lr_intial'",
+                        "did you mean 'lr_initial'?", schema=AE_SCHEMA)
+    assert load_config(path).lr_intial == 1e-3  # without a schema, any name is a value
+
+
+def test_unknown_key_without_a_close_one(tmp_path: Path):
+    err = assert_config_error(cvpr_leaf(tmp_path, "zzz = 1\n"), 3, "'zzz'", schema=AE_SCHEMA)
+    assert "did you mean" not in str(err)
+
+
+def test_unknown_key_is_reported_in_the_file_that_sets_it(tmp_path: Path):
+    mid = cvpr_leaf(tmp_path, "batch_size = 8\nnum_centres = 5\n", "mid")
+    leaf = write(tmp_path, "leaf", "use mid\nbatch_size = 4\n")
+    with pytest.raises(ConfigError, match="did you mean 'num_centers'") as info:
+        load_config(leaf, AE_SCHEMA)
+    assert str(info.value).startswith(f"{mid}:4: ")
+
+
+def test_swapped_configs_are_named(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"pc_configs/base:\d+: 'kernel_size' is a key of pc "
+                       r"configs, not of ae configs"):
+        load_config(REPO / "pc_configs/cvpr/res_shallow", AE_SCHEMA)
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("crop_size = 128", "crop_size = 128: expected a pair (int, int), got int"),
+        ("crop_size = (128, 128.5)", "expected a pair (int, int)"),
+        ("centers_initial_range = (-2, 2, 3)", "expected a pair (float, float)"),
+        ("heatmap = 1", "heatmap = 1: expected bool (True or False), got int"),
+        ("batch_size = True", "batch_size = True: expected int, got bool"),
+        ("batch_size = 30.0", "expected int, got float"),
+        ("lr_initial = '1e-3'", "lr_initial = '1e-3': expected float, got str"),
+        ("beta = False", "expected float, got bool"),
+        ("H_target = 'high'", "expected float or None, got str"),
+        ("arch = None", "arch = None: expected str, got NoneType"),
+    ],
+)
+def test_wrong_type_names_file_line_key_and_type(tmp_path: Path, line: str, expected: str):
+    assert_config_error(cvpr_leaf(tmp_path, f"{line}\n"), 3, expected, schema=AE_SCHEMA)
+
+
+def test_wrong_type_is_reported_at_the_last_assignment(tmp_path: Path):
+    mid = cvpr_leaf(tmp_path, "batch_size = 'eight'\n", "mid")
+    leaf = write(tmp_path, "leaf", f"use {mid.name}\n\nbatch_size = '4'\n")
+    assert_config_error(leaf, 3, "batch_size = '4'", schema=AE_SCHEMA)
+
+
+def test_enum_outside_a_constraint_is_checked(tmp_path: Path):
+    # A flattened config has no `constrain` lines: the schema knows the words.
+    flat = config_to_text(load_config(REPO / "pc_configs/cvpr/res_shallow"))
+    path = write(tmp_path, "pc_config", flat.replace("objective = 'total_loss'",
+                                                     "objective = 'H_rael'"))
+    line = flat.splitlines().index("objective = 'total_loss'") + 1
+    assert_config_error(path, line, "expected one of total_loss, H_real", schema=PC_SCHEMA)
+
+
+def test_ints_are_accepted_as_floats_and_kept(tmp_path: Path):
+    cfg = load_config(cvpr_leaf(tmp_path, "lr_initial = 1\nH_target = 2\nK_mse = 0\n"),
+                      AE_SCHEMA)
+    assert (cfg.lr_initial, cfg.H_target, cfg.K_mse) == (1, 2, 0)
+    assert type(cfg.lr_initial) is int  # as written: flattened configs stay byte-identical
+
+
+def test_unused_key_of_the_original_is_accepted_and_noted_once(
+        tmp_path: Path, capsys: pytest.CaptureFixture):
+    path = write(tmp_path, "pc", f"use {REPO}/pc_configs/cvpr/res_shallow\nlearn_pad_var = True\n")
+    cfg = load_config(path, PC_SCHEMA)
+    assert cfg.learn_pad_var is True
+    out = capsys.readouterr().out
+    assert out == (f"note: {path}: arch_param__non_linearity, arch_param__fc, learn_pad_var: "
+                   "keys of the original's pc configs that the port does not use; ignored\n")
+    load_config(path, PC_SCHEMA, note_unused=False)
+    load_config(REPO / "ae_configs/cvpr/med", AE_SCHEMA)
+    assert capsys.readouterr().out == ""
+
+
+def test_log_dir_with_a_misspelled_key_is_refused(tmp_path: Path, tiny_configs):
+    ckpt_dir = tmp_path / "0101_0000 a b" / "ckpts"
+    ckpt_dir.mkdir(parents=True)
+    ckpt.write_configs(ckpt_dir, *tiny_configs)
+    pc_text = (ckpt_dir / "pc_config").read_text()
+    (ckpt_dir / "pc_config").write_text(pc_text.replace("kernel_size", "kernel_sise"))
+    with pytest.raises(ConfigError, match=r"pc_config:\d+: .*'kernel_sise' \(did you mean "
+                       r"'kernel_size'\?\)"):
+        ckpt.read_configs(ckpt_dir)

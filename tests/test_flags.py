@@ -91,6 +91,15 @@ def test_from_identity_and_ignored_flags_notes():
         assert flag in joined
     plain = train_args.build_arg_parser().parse_args(["ae", "pc"])
     assert train_args.resolve_restore_flags(plain) == [] and plain.restore is None
+    for flags, noted in ((["--restore_allow_config_change"], True),
+                         (["-r", "d", "--restore_allow_config_change"], True),
+                         (["-r", "d", "--restore_continue", "--restore_allow_config_change"],
+                          False)):
+        args = train_args.build_arg_parser().parse_args(["ae", "pc", *flags])
+        notes = train_args.resolve_restore_flags(args)
+        assert notes == ([
+            "--restore_allow_config_change has no effect without --restore and "
+            "--restore_continue"] if noted else []), flags
 
 
 # train.py: restoring

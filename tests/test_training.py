@@ -336,3 +336,43 @@ def test_k_mse_adds_a_weighted_mse_to_the_ms_ssim_distortion(tiny_configs):
     assert float(with_mse.distortion - plain.distortion) == pytest.approx(expected, rel=1e-5)
     assert float(with_mse.total - plain.total) == pytest.approx(expected, rel=1e-5)
     assert float(old.distortion) == pytest.approx(float(plain.distortion), rel=1e-6)
+
+
+def test_restore_continue_refuses_changed_configs_unless_allowed(run_train, tmp_path, pc_tiny,
+                                                                 ae_tiny, train_images, capsys):
+    code, logs = run_train("--max_steps", "1")
+    log_dir = _only_log_dir(logs)
+    ckpt_dir = log_dir / "ckpts"
+    trained_with = (ckpt_dir / "ae_config").read_text()
+    changed = tmp_path / "ae_changed"
+    changed.write_text(f"use {ae_tiny}\nlr_initial = 2e-3\nK_mse = 0.5\n")
+    data = str(train_images / "*.png")
+
+    def resume(*extra: str) -> int:
+        return training.main([str(changed), pc_tiny, "--dataset_train", data, "--dataset_test",
+                              data, "--num_workers", "0", "--max_steps", "2", "--restore",
+                              str(log_dir), "--restore_continue", *extra])
+
+    capsys.readouterr()
+    assert resume() == 1
+    err = capsys.readouterr().err
+    assert "ae_config lr_initial: 0.001 -> 0.002\n" in err
+    assert "ae_config K_mse: 0 -> 0.5\n" in err and "pc_config" not in err
+    assert "--restore_allow_config_change" in err
+    assert (ckpt_dir / "ae_config").read_text() == trained_with  # nothing written
+    assert [s for s, _ in ckpt.list_checkpoints(log_dir)] == [1]
+
+    assert resume("--restore_allow_config_change") == 0
+    out = capsys.readouterr().out
+    assert "Configs changed at step 1" in out and "lr_initial: 0.001 -> 0.002" in out
+    assert (ckpt_dir / "ae_config.step1.old").read_text() == trained_with
+    assert (ckpt_dir / "pc_config.step1.old").read_text() == (ckpt_dir / "pc_config").read_text()
+    assert ckpt.read_configs(ckpt_dir)[0].lr_initial == 2e-3
+    description = (log_dir / "description.txt").read_text()
+    assert "step 1  configs changed (old ones kept as ckpts/ae_config.step1.old" in description
+    assert "ae_config lr_initial: 0.001 -> 0.002" in description
+    assert [s for s, _ in ckpt.list_checkpoints(log_dir)] == [1, 2]
+    # A second change at the same step keeps both earlier versions.
+    assert [p.name for p in ckpt.keep_old_configs(ckpt_dir, 1)] == [
+        "ae_config.step1_2.old", "pc_config.step1_2.old"]
+    assert (ckpt_dir / "ae_config.step1.old").read_text() == trained_with

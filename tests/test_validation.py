@@ -1,7 +1,9 @@
 """val.py on a checkpoint trained for a few steps: CSV, reconstructions, sizes, bpp, errors."""
 
 import csv
+import errno
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,10 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from imgcomp import validation
+from imgcomp import atomic, validation
 from imgcomp.autoencoder import pad_to_multiple
 from imgcomp.checkpoint import list_checkpoints, load_codec
+from imgcomp.imageio import write_image
 from imgcomp.metrics import ms_ssim_uint8
+from imgcomp.model import ImageCodec
 
 
 def _photo_like(h: int, w: int, seed: int) -> np.ndarray:
@@ -163,21 +167,114 @@ def test_kodak_name_uses_val_root(job, tmp_path, monkeypatch):
     assert len(_rows(logs / f"{job_id} kodak" / "measures.csv")) == 1
 
 
-@pytest.mark.parametrize("case", ["no_files", "unknown_job", "unreadable"])
+@pytest.mark.parametrize("case", ["no_files", "unknown_job"])
 def test_bad_input_gives_one_error_line(job, images, case, capsys):
     logs, job_id, _ = job
     spec, job_ids = str(images / "*.png"), job_id
     if case == "no_files":
         spec = str(images / "*.nothing")
-    elif case == "unknown_job":
-        job_ids = "0101_0000"
     else:
-        (images / "zz_broken.png").write_bytes(b"not a png")
+        job_ids = "0101_0000"
     code = validation.main([str(logs), job_ids, spec, "--device", "cpu"])
     err = capsys.readouterr().err.strip()
     assert code != 0
     assert len(err.splitlines()) == 1 and err.startswith("error:")
-    expected = {"no_files": "*.nothing", "unknown_job": "0101_0000",
-                "unreadable": "zz_broken.png"}[case]
+    expected = {"no_files": "*.nothing", "unknown_job": "0101_0000"}[case]
     assert expected in err
     assert list_checkpoints(logs / f"{job[2].name}")  # nothing of the job was touched
+
+
+def _messages(err: str) -> list[str]:
+    """val.py's own stderr lines, without tqdm's progress bars."""
+    return [line for line in err.splitlines() if line.strip() and "img/s]" not in line]
+
+
+def _count_encoder_calls(monkeypatch) -> list[str]:
+    """Records the size of every image the model encodes (one call per measured image)."""
+    calls = []
+    symbols = ImageCodec.symbols
+
+    def counting(self, image):
+        calls.append("x".join(map(str, image.shape[:2])))
+        return symbols(self, image)
+
+    monkeypatch.setattr(ImageCodec, "symbols", counting)
+    return calls
+
+
+def test_unreadable_image_skipped_and_rerun_measures_only_it(job, images, capsys, monkeypatch):
+    """One bad file: the others are measured, the bad one named when met and at the end, a
+    distinct exit status; once it is fixed a re-run measures that image only and writes the
+    same CSVs as one clean run."""
+    logs, job_id, _ = job
+    args = [str(logs), job_id, str(images), "--real_bpp", "--save_ours", "--device", "cpu"]
+    (images / "zz_bad.png").write_bytes(b"not a png")
+    calls = _count_encoder_calls(monkeypatch)
+    assert validation.main(args) == validation.EXIT_UNREADABLE
+    err = _messages(capsys.readouterr().err)
+    # Named once although both validated steps (1 and 3) met it, then listed at the end.
+    assert len(err) == 2 and all("zz_bad.png" in line for line in err)
+    assert err[0].startswith("warning: cannot read image")
+    assert err[1].startswith("error: 1 unreadable image(s) not measured")
+    assert len(calls) == 2 * 4
+    out_dir = logs / f"{job_id} testset"
+    for name in ("measures.csv", "measures_1.csv", "real_bpp.csv", "real_bpp_3.csv"):
+        assert [r["img_name"] for r in _rows(out_dir / name)] == [
+            "big.png", "gray.png", "odd.png", "rgba.png"]
+    assert not (out_dir / "validated.json").exists()  # no step is complete
+
+    Image.fromarray(_photo_like(16, 24, 6)).save(images / "zz_bad.png")
+    calls.clear()
+    assert validation.main(args) == 0
+    assert calls == ["16x24", "16x24"]  # steps 1 and 3: the fixed image only
+    assert sorted(json.loads((out_dir / "validated.json").read_text())) == ["1", "3"]
+    assert sorted(p.name for p in (out_dir / "imgs").iterdir()) == [
+        "big.png", "gray.png", "odd.png", "rgba.png", "zz_bad.png"]
+    resumed = {name: (out_dir / name).read_text() for name in ("measures.csv", "measures_1.csv")}
+    real = _rows(out_dir / "real_bpp.csv")
+    validation.main([*args, "--reset"])
+    for name, text in resumed.items():
+        assert (out_dir / name).read_text() == text
+    timings = ("encode_s", "decode_s")
+    assert [{k: v for k, v in r.items() if k not in timings} for r in real] == [
+        {k: v for k, v in r.items() if k not in timings} for r in _rows(out_dir / "real_bpp.csv")]
+
+
+def _disk_full(fd):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("error", [errno.ENOSPC, errno.EACCES])
+def test_unwritable_output_gives_one_line_and_no_partial_csv(job, images, error, capsys,
+                                                             monkeypatch):
+    """A full disk (simulated: fsync fails) or a read-only folder (simulated: no temporary file
+    can be made; root ignores chmod): one line naming the file, exit 1, old CSVs intact."""
+    logs, job_id, _ = job
+    args = [str(logs), job_id, str(images), "--how_many", "1", "--device", "cpu"]
+    assert validation.main([*args, "--restore_itr", "2"]) == 0
+    out_dir = logs / f"{job_id} testset"
+    before = {p.name: p.read_bytes() for p in out_dir.iterdir()}
+    capsys.readouterr()
+    if error == errno.ENOSPC:
+        monkeypatch.setattr(atomic.os, "fsync", _disk_full)
+    else:
+        def fail(dir, prefix, suffix):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES),
+                                  os.path.join(dir, prefix + "abc" + suffix))
+
+        monkeypatch.setattr(atomic.tempfile, "mkstemp", fail)
+    assert validation.main([*args, "--restore_itr", "3"]) == 1
+    err = _messages(capsys.readouterr().err)
+    assert err == [f"error: cannot write {out_dir / 'measures_3.csv'}: {os.strerror(error)}"]
+    assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == before  # no temporary file
+
+
+def test_write_image_is_atomic(tmp_path, monkeypatch):
+    """A failed PNG write leaves the old file and no temporary file."""
+    path = tmp_path / "x.png"
+    write_image(path, _photo_like(8, 8, 0))
+    old = path.read_bytes()
+    monkeypatch.setattr(atomic.os, "fsync", _disk_full)
+    with pytest.raises(OSError):
+        write_image(path, _photo_like(8, 8, 1))
+    assert path.read_bytes() == old and [p.name for p in tmp_path.iterdir()] == ["x.png"]
