@@ -1,37 +1,55 @@
 """Results of the models shipped in ckpts/: the table of ckpts/README.md and the results
 section of README.md, both rendered from committed CSVs.
 
-    python val.py ckpts JOB_ID ../shared/data/kodak      # for every shipped job, first
+    python val.py ckpts JOB_ID kodak --real_bpp      # for every shipped job, first
     python bench/shipped_models.py [--write]
 
 Reads each shipped log dir (`ckpts/<JOB> <ae> <pc>/`), its `ckpts/<JOB> <DATASET>/measures.csv`
-and its TensorBoard events (steps, training time), and the BD-rates plotter.py wrote beside
-`figs/plot_<name>.png` (see figs/README.md), and the classical codecs' measures under
-results/other_codecs/ (for the MS-SSIM gap at each of our operating points); prints the
-models table and the results section and, with --write, replaces them in ckpts/README.md and
-README.md.
+(per image: the context model's bpp estimate, MS-SSIM, PSNR) and `real_bpp.csv` (per image:
+the real file size, header included, as `bpp_real`), its TensorBoard events (steps, training
+time), and the classical codecs' measures under results/other_codecs/ (real file sizes too);
+prints the models table and the results section and, with --write, replaces them in
+ckpts/README.md and README.md. Our bpp is the real one wherever we are compared with the
+codecs: in the BD-rates and in the MS-SSIM gap at each of our operating points.
 """
 
 import argparse
 import csv
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from imgcomp.atomic import atomic_write_text
 from imgcomp.checkpoint import CKPTS_DIRNAME, job_id_of, list_checkpoints
-from imgcomp.measures import MeanMeasures, mean_measures, read_measures_csv
-from imgcomp.plotting import PAPER_LABEL, load_codec_curves
+from imgcomp.measures import (
+    Curve,
+    MeanMeasures,
+    bd_rate_table,
+    make_curve,
+    mean_measures,
+    read_measures_csv,
+)
+from imgcomp.plotting import PAPER_LABEL, load_codec_curves, paper_curve
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "ckpts"
-FIGS = ROOT / "figs"
 OTHER_CODECS = ROOT / "results/other_codecs"
 MODELS = ("<!-- models:begin -->", "<!-- models:end -->")
 RESULTS = ("<!-- results:begin -->", "<!-- results:end -->")
-# (dataset name as val.py writes it, label, plot name under figs/)
-DATASETS = (("kodak", "Kodak", "plot_Kodak"), ("bsds500_val", "BSDS500 val", "plot_bsds500_val"))
+# (dataset name as val.py writes it, label)
+DATASETS = (("kodak", "Kodak"), ("bsds500_val", "BSDS500 val"))
+
+
+@dataclass(frozen=True)
+class JobResults:
+    """A job's committed results on one dataset: the means of measures.csv (bpp: the
+    estimate) and the mean of real_bpp.csv's bpp_real over the same images."""
+
+    estimate: MeanMeasures
+    bpp_real: float
 
 
 def shipped_log_dirs() -> list[Path]:
@@ -49,88 +67,111 @@ def training_hours(log_dir: Path) -> float:
     return total / 3600
 
 
-def job_means(job: str, dataset: str) -> MeanMeasures | None:
-    """Means of a job's committed results, None if absent."""
-    path = SHIPPED / f"{job} {dataset}" / "measures.csv"
-    if not path.is_file():
+def read_bpp_real(path: Path) -> dict[str, float]:
+    """img_name -> bpp_real of a real_bpp.csv (val.py --real_bpp)."""
+    with open(path, newline="") as f:
+        return {row["img_name"]: float(row["bpp_real"]) for row in csv.DictReader(f)}
+
+
+def job_results(job: str, dataset: str) -> JobResults | None:
+    """A job's committed results, None if it was not validated on the dataset; SystemExit if
+    its real file sizes are missing or are not of the same images."""
+    folder = SHIPPED / f"{job} {dataset}"
+    if not (folder / "measures.csv").is_file():
         return None
-    return mean_measures(read_measures_csv(path))
+    measures = read_measures_csv(folder / "measures.csv")
+    if not (folder / "real_bpp.csv").is_file():
+        raise SystemExit(f"{folder / 'real_bpp.csv'} is missing: "
+                         f"python val.py ckpts {job} <{dataset} images> --real_bpp")
+    real = read_bpp_real(folder / "real_bpp.csv")
+    if set(real) != {m.img_name for m in measures}:
+        raise SystemExit(f"{folder}: real_bpp.csv and measures.csv are of different images")
+    return JobResults(mean_measures(measures), float(np.mean(list(real.values()))))
 
 
 def models_table() -> list[str]:
-    rows = ["| job id | configs | steps | training time | Kodak bpp | Kodak MS-SSIM | "
-            "Kodak PSNR |", "|---|---|---|---|---|---|---|"]
+    rows = ["| job id | configs | steps | training time | Kodak bpp (real) | "
+            "Kodak bpp (estimate) | Kodak MS-SSIM | Kodak PSNR |", "|---" * 8 + "|"]
     for log_dir in shipped_log_dirs():
         job = job_id_of(log_dir)
         _, ae, pc = log_dir.name.split(" ")
         step = list_checkpoints(log_dir)[-1][0]
-        means = job_means(job, "kodak")
+        kodak = job_results(job, "kodak")
         hours = training_hours(log_dir)
         took = f"{hours:.1f} h" if hours >= 1 else f"{60 * hours:.1f} min"
-        rows.append(f"| {job} | {ae} {pc} | {step} | {took} | "
-                    f"{means.bpp:.4f} | {means.ms_ssim:.4f} | {means.psnr:.2f} |")
+        rows.append(f"| {job} | {ae} {pc} | {step} | {took} | {kodak.bpp_real:.4f} | "
+                    f"{kodak.estimate.bpp:.4f} | {kodak.estimate.ms_ssim:.4f} | "
+                    f"{kodak.estimate.psnr:.2f} |")
     return rows
 
 
-def read_bd_rates(plot_name: str) -> dict[str, float]:
-    path = FIGS / f"{plot_name}_bdrate.csv"
-    if not path.is_file():
-        return {}
-    with open(path, newline="") as f:
-        return {row["anchor"]: float(row["bd_rate_percent"]) for row in csv.DictReader(f)}
-
-
 def results_section() -> list[str]:
-    header = "| model | " + " | ".join(f"{label} bpp | {label} MS-SSIM | {label} PSNR"
-                                        for _, label, _ in DATASETS) + " |"
-    rows = [header, "|---" * (1 + 3 * len(DATASETS)) + "|"]
-    by_rate = sorted(shipped_log_dirs(), key=lambda d: job_means(job_id_of(d), "kodak").bpp)
-    for log_dir in by_rate:
-        job = job_id_of(log_dir)
-        cells = [f"{log_dir.name.split(' ')[1]} ({job})"]
-        for dataset, _, _ in DATASETS:
-            means = job_means(job, dataset)
-            cells += (["n/a"] * 3 if means is None else
-                      [f"{means.bpp:.4f}", f"{means.ms_ssim:.4f}", f"{means.psnr:.2f}"])
+    header = "| model | " + " | ".join(f"{label} bpp (real) | {label} bpp (estimate) | "
+                                        f"{label} MS-SSIM | {label} PSNR"
+                                        for _, label in DATASETS) + " |"
+    rows = [header, "|---" * (1 + 4 * len(DATASETS)) + "|"]
+    by_rate = sorted(shipped_log_dirs(), key=lambda d: job_results(job_id_of(d), "kodak").bpp_real)
+    rates = [d.name.split(" ")[1].split("@")[-1] for d in by_rate]
+    ours = {dataset: [job_results(job_id_of(d), dataset) for d in by_rate]
+            for dataset, _ in DATASETS}
+    for i, log_dir in enumerate(by_rate):
+        cells = [f"{log_dir.name.split(' ')[1]} ({job_id_of(log_dir)})"]
+        for dataset, _ in DATASETS:
+            results = ours[dataset][i]
+            cells += (["n/a"] * 4 if results is None else
+                      [f"{results.bpp_real:.4f}", f"{results.estimate.bpp:.4f}",
+                       f"{results.estimate.ms_ssim:.4f}", f"{results.estimate.psnr:.2f}"])
         rows.append("| " + " | ".join(cells) + " |")
-    bd = {dataset: read_bd_rates(plot) for dataset, _, plot in DATASETS}
-    anchors = list(dict.fromkeys(a for rates in bd.values() for a in rates))
-    rows += ["", "| BD-rate of ours (MS-SSIM) against | "
-             + " | ".join(label for _, label, _ in DATASETS) + " |",
-             "|---" * (1 + len(DATASETS)) + "|"]
-    for anchor in anchors:
-        # The paper's curve is measured on Kodak: against other datasets it is only a guide.
-        cells = [f"{bd[d][anchor]:+.1f} %" if anchor in bd[d] and np.isfinite(bd[d][anchor])
-                 else "n/a" for d, _, _ in DATASETS]
+    codecs = {dataset: load_codec_curves(OTHER_CODECS, dataset, "ms-ssim")
+              for dataset, _ in DATASETS}
+    return [*rows, "", *bd_rate_rows(ours, rates, codecs), "",
+            *equal_bpp_rows(ours, rates, codecs)]
+
+
+def bd_rate_rows(ours: dict[str, list[JobResults | None]], rates: list[str],
+                 codecs: dict[str, list[Curve]]) -> list[str]:
+    """BD-rate (MS-SSIM) of our real-size curve against each codec's and the paper's."""
+    bd: dict[str, dict[str, float]] = {}
+    for dataset, _ in DATASETS:
+        points = [(r, rate) for r, rate in zip(ours[dataset], rates, strict=True) if r]
+        curve = make_curve("Ours", [r.bpp_real for r, _ in points],
+                           [r.estimate.ms_ssim for r, _ in points], [rate for _, rate in points])
+        for row in bd_rate_table(curve, [*codecs[dataset], paper_curve()], "ms-ssim"):
+            bd.setdefault(row.anchor, {})[dataset] = row.bd_rate_percent
+    rows = ["| BD-rate of ours (MS-SSIM, real file sizes) against | "
+            + " | ".join(label for _, label in DATASETS) + " |", "|---" * (1 + len(DATASETS)) + "|"]
+    for anchor, by_dataset in bd.items():
+        cells = [f"{by_dataset[d]:+.1f} %" if np.isfinite(by_dataset.get(d, np.nan)) else "n/a"
+                 for d, _ in DATASETS]
         if anchor == PAPER_LABEL:
+            # The paper's curve is measured on Kodak: against other datasets only a guide.
             cells = [c if d == "kodak" else f"({c} vs its Kodak curve)"
-                     for c, (d, _, _) in zip(cells, DATASETS, strict=True)]
+                     for c, (d, _) in zip(cells, DATASETS, strict=True)]
         rows.append(f"| {anchor} | " + " | ".join(cells) + " |")
-    return rows + ["", *equal_bpp_table(by_rate)]
+    return rows
 
 
-def equal_bpp_table(by_rate: list[Path]) -> list[str]:
-    """Our MS-SSIM minus each codec's at our bpp, its measured curve interpolated linearly:
-    what BD-rate, an average over the range, hides about a single operating point."""
-    rates = [log_dir.name.split(" ")[1].split("@")[-1] for log_dir in by_rate]
-    rows = ["| MS-SSIM of ours minus the codec's at our bpp | "
-            + " | ".join(f"{label} {rate}" for _, label, _ in DATASETS for rate in rates)
+def equal_bpp_rows(ours: dict[str, list[JobResults | None]], rates: list[str],
+                   codecs: dict[str, list[Curve]]) -> list[str]:
+    """Our MS-SSIM minus each codec's at our real bpp, its measured curve interpolated
+    linearly: what BD-rate, an average over the range, hides about a single operating point."""
+    rows = ["| MS-SSIM of ours minus the codec's at our real bpp | "
+            + " | ".join(f"{label} {rate}" for _, label in DATASETS for rate in rates)
             + " |", "|---" * (1 + len(DATASETS) * len(rates)) + "|"]
     gaps: dict[str, dict[str, list[str]]] = {}
-    for dataset, _, _ in DATASETS:
-        ours = [job_means(job_id_of(d), dataset) for d in by_rate]
-        for codec in load_codec_curves(OTHER_CODECS, dataset, "ms-ssim"):
+    for dataset, _ in DATASETS:
+        for codec in codecs[dataset]:
             cells = gaps.setdefault(codec.label, {}).setdefault(dataset, [])
-            for means in ours:
-                if means is None:  # this model not validated on the dataset
+            for results in ours[dataset]:
+                if results is None:  # this model not validated on the dataset
                     cells.append("n/a")
                     continue
-                theirs = np.interp(means.bpp, codec.bpp, codec.metric, left=np.nan,
+                theirs = np.interp(results.bpp_real, codec.bpp, codec.metric, left=np.nan,
                                    right=np.nan)
                 cells.append("outside its curve" if np.isnan(theirs)
-                             else f"{means.ms_ssim - theirs:+.5f}")
+                             else f"{results.estimate.ms_ssim - theirs:+.5f}")
     for codec, by_dataset in gaps.items():
-        cells = [c for d, _, _ in DATASETS for c in by_dataset.get(d, ["n/a"] * len(rates))]
+        cells = [c for d, _ in DATASETS for c in by_dataset.get(d, ["n/a"] * len(rates))]
         rows.append(f"| {codec} | " + " | ".join(cells) + " |")
     return rows
 
@@ -141,8 +182,8 @@ def replace_between(path: Path, markers: tuple[str, str], rows: list[str]) -> No
     if begin not in text or end not in text:
         raise SystemExit(f"{path} lacks the markers {begin} ... {end}")
     block = "\n".join([begin, *rows, end])
-    path.write_text(re.sub(f"{re.escape(begin)}.*{re.escape(end)}", lambda _: block, text,
-                           flags=re.S))
+    atomic_write_text(path, re.sub(f"{re.escape(begin)}.*{re.escape(end)}", lambda _: block,
+                                   text, flags=re.S))
     print(f"wrote {path}")
 
 

@@ -1,4 +1,4 @@
-"""python -m imgcomp encode|decode ... (see imgcomp.cli)."""
+"""python -m imgcomp COMMAND ...: the same as the `imgcomp` command (see imgcomp.cli)."""
 
 import sys
 

@@ -3,19 +3,24 @@ train.py's run: loaders, restore, log dir, the loop with its summaries and check
 
 `python train.py AE_CONFIG PC_CONFIG ...` calls `main` (flags: imgcomp.train_args). Under
 torchrun every rank trains; the main rank alone prints, tests and writes the log dir,
-checkpoints and TensorBoard events.
+checkpoints, TensorBoard events and console.log (its console lines, see _ConsoleLog).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
+import io
 import itertools
+import logging
 import os
 import random
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from logging.handlers import MemoryHandler
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +45,9 @@ from imgcomp.train_args import (
     resolve_restore_flags,
     restore_skip_vars,
 )
+
+CONSOLE_LOG_NAME = "console.log"  # in the log dir: train.py's console lines
+_log = logging.getLogger("imgcomp.train")
 
 
 def skip_matches(pattern: str, name: str, state: dict[str, Any]) -> bool:
@@ -184,58 +192,106 @@ class Trainer:
 def main(argv: list[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
     world, device = init_world(select_device(args.device))
+    console = _ConsoleLog(world.is_main)
     finished = False
     try:
-        exit_code = train(args, world, device)
+        exit_code = train(args, world, device, console)
         finished = True  # the ranks agreed on the step to stop at
         return exit_code
     except (ConfigError, DatasetError, ckpt.CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        _log.error(f"error: {e}")
         return 1
     except KeyboardInterrupt:
         # A second Ctrl-C (_StopRequest), or one before training started: each rank stops
         # where it is, so waiting for the others could hang.
-        print("Interrupted; exiting without saving.", file=sys.stderr)
+        _log.error("Interrupted; exiting without saving.")
         return 130
     finally:
+        console.close()
         close_world(world, finished)
 
 
-def train(args: argparse.Namespace, world: World, device: torch.device) -> int:
+class _ConsoleLog:
+    """The handlers of train.py's console lines (`_log`): on the main rank, info lines to
+    stdout and errors to stderr, both also to LOG_DIR/console.log from `to_file` on (the
+    lines logged before the log dir exists are held until then and written first); on the
+    other ranks, errors to stderr only."""
+
+    def __init__(self, is_main: bool) -> None:
+        _log.propagate = False
+        _log.setLevel(logging.INFO if is_main else logging.ERROR)
+        err = logging.StreamHandler(sys.stderr)
+        err.setLevel(logging.ERROR)
+        self._handlers: list[logging.Handler] = [err]
+        if is_main:
+            out = logging.StreamHandler(sys.stdout)
+            out.addFilter(lambda record: record.levelno < logging.ERROR)
+            # Holds every line until to_file gives it the file to write them to.
+            self._early = MemoryHandler(capacity=sys.maxsize, flushLevel=logging.CRITICAL + 1)
+            self._handlers += [out, self._early]
+        for handler in self._handlers:
+            _log.addHandler(handler)
+
+    def to_file(self, log_dir: Path) -> None:
+        """Log into LOG_DIR/console.log too, after the lines held so far. Appended (a log
+        dir continued by --restore_continue keeps its earlier runs' lines), not atomic: a
+        log grows line by line, and a kill can at worst cut its last line short."""
+        file = logging.FileHandler(log_dir / CONSOLE_LOG_NAME, mode="a", encoding="utf-8")
+        self._early.setTarget(file)
+        self._early.flush()
+        self._early.close()
+        _log.removeHandler(self._early)
+        self._handlers.remove(self._early)
+        self._handlers.append(file)
+        _log.addHandler(file)
+
+    def close(self) -> None:
+        for handler in self._handlers:
+            _log.removeHandler(handler)
+            handler.close()
+
+
+def _load_configs(args: argparse.Namespace, is_main: bool) -> tuple[Config, Config]:
+    """The AE and PC configs; load_config's notes about unused keys (printed on the main
+    rank) go to `_log` like every console line."""
+    with contextlib.redirect_stdout(io.StringIO()) as notes:
+        configs = (load_config(args.ae_config, AE_SCHEMA, note_unused=is_main),
+                   load_config(args.pc_config, PC_SCHEMA, note_unused=is_main))
+    for line in notes.getvalue().splitlines():
+        _log.info(line)
+    return configs
+
+
+def train(args: argparse.Namespace, world: World, device: torch.device,
+          console: _ConsoleLog) -> int:
     """train.py on this rank; returns the exit code."""
-    log = print if world.is_main else _silent
     for note in resolve_restore_flags(args):
-        log(f"note: {note}")
-    ae_cfg = load_config(args.ae_config, AE_SCHEMA, note_unused=world.is_main)
-    pc_cfg = load_config(args.pc_config, PC_SCHEMA, note_unused=world.is_main)
+        _log.info(f"note: {note}")
+    ae_cfg, pc_cfg = _load_configs(args, world.is_main)
     config_changes = _check_restore_continue(args, ae_cfg, pc_cfg)
     _seed_everything(args.seed)
     train_loader, num_train, test_loader = _make_loaders(args, ae_cfg, world)
     trainer = Trainer(ae_cfg, pc_cfg, device, num_train, world)
     if args.restore:
-        _restore(args, trainer, log)
+        _restore(args, trainer)
         # Resume the data order at the epoch the restored step belongs to.
         train_loader.set_epoch(
             trainer.step * ae_cfg.batch_size * world.world_size // num_train)
     if args.max_steps is not None and trainer.step >= args.max_steps:
-        log(f"Global step {trainer.step} already >= --max_steps {args.max_steps}; nothing to do.")
+        _log.info(f"Global step {trainer.step} already >= --max_steps {args.max_steps}; "
+                  "nothing to do.")
         return 0
     outputs = None
     if world.is_main:
         log_dir = _make_log_dir(args, ae_cfg, pc_cfg, trainer.step, config_changes)
-        print(
+        console.to_file(log_dir)
+        _log.info(
             f"Log dir: {log_dir}\nDevice: {device}; {num_train} training images; "
             f"{sum(p.numel() for p in trainer.model.parameters()):,} parameters; "
-            f"{world.world_size} process(es) x batch {ae_cfg.batch_size}",
-            flush=True,
-        )
+            f"{world.world_size} process(es) x batch {ae_cfg.batch_size}")
         outputs = _MainOutputs(args, trainer, test_loader, log_dir,
                                continued=bool(args.restore and args.restore_continue))
     return _train_loop(args, trainer, train_loader, outputs)
-
-
-def _silent(*args, **kwargs) -> None:
-    pass
 
 
 def _seed_everything(seed: int) -> None:
@@ -260,7 +316,7 @@ def _make_loaders(args: argparse.Namespace, ae_cfg: Config, world: World
     return train_loader, num_train, test_loader
 
 
-def _restore(args: argparse.Namespace, trainer: Trainer, log: Callable[..., None]) -> None:
+def _restore(args: argparse.Namespace, trainer: Trainer) -> None:
     """--restore (and --from_identity, resolved into it): the checkpoint into `trainer`."""
     restore_path = ckpt.checkpoint_path(args.restore, args.restore_itr)
     skip = restore_skip_vars(args)
@@ -269,17 +325,17 @@ def _restore(args: argparse.Namespace, trainer: Trainer, log: Callable[..., None
     if skip:
         model_vars = [n for n in skipped if n in state["model"]]
         others = [n for n in skipped if n not in state["model"]]
-        log(f"Not restored (--restore_skip_vars {','.join(skip)}): {len(model_vars)} model "
+        _log.info(f"Not restored (--restore_skip_vars {','.join(skip)}): {len(model_vars)} model "
             f"variable(s){': ' + ', '.join(model_vars[:5]) if model_vars else ''}"
             f"{' ...' if len(model_vars) > 5 else ''}"
             f"{'; ' + ', '.join(others) if others else ''}; optimizer states start afresh")
         unmatched = [v for v in skip if not any(skip_matches(v, n, state) for n in skipped)]
         if unmatched:
-            log(f"note: --restore_skip_vars {', '.join(unmatched)} matches no variable")
+            _log.info(f"note: --restore_skip_vars {', '.join(unmatched)} matches no variable")
     fresh = ("" if "ae_optimizer" in state
              else "; the original's: its Adam slots are dropped, Adam starts afresh"
              if "tf_names" in state else "; no optimizer states in it, Adam starts afresh")
-    log(f"Restored {restore_path} (step {trainer.step}{fresh})")
+    _log.info(f"Restored {restore_path} (step {trainer.step}{fresh})")
 
 
 def _check_restore_continue(args: argparse.Namespace, ae_cfg: Config, pc_cfg: Config
@@ -325,9 +381,8 @@ def _make_log_dir(args: argparse.Namespace, ae_cfg: Config, pc_cfg: Config, step
     if config_changes:
         kept = ", ".join(str(p.relative_to(log_dir))
                          for p in ckpt.keep_old_configs(ckpt_dir, step))
-        print(f"Configs changed at step {step} (--restore_allow_config_change); the old ones "
-              f"are kept as {kept}:\n" + "".join(f"  {line}\n" for line in config_changes),
-              end="", flush=True)
+        _log.info(f"Configs changed at step {step} (--restore_allow_config_change); the old "
+                  f"ones are kept as {kept}:\n" + "\n".join(f"  {line}" for line in config_changes))
         _append_description(log_dir, step, f"configs changed (old ones kept as {kept}): "
                             + "; ".join(config_changes))
     ckpt.write_configs(ckpt_dir, ae_cfg, pc_cfg)
@@ -416,13 +471,13 @@ def _train_loop(args: argparse.Namespace, trainer: Trainer, train_loader: EpochD
             stopping = any_rank(stop.requested, world, device)
             if args.max_steps is not None and trainer.step >= args.max_steps:
                 if world.is_main:
-                    print(f"Reached --max_steps {args.max_steps}.")
+                    _log.info(f"Reached --max_steps {args.max_steps}.")
                 break
             if stopping:
                 # A rank stopped by another rank's signal exits as if terminated.
                 signum = stop.signum or signal.SIGTERM
                 if world.is_main:
-                    print(f"{signal.Signals(signum).name} received; stopping.")
+                    _log.info(f"{signal.Signals(signum).name} received; stopping.")
                 exit_code = 128 + signum
                 break
         if world.is_main:
@@ -452,6 +507,8 @@ class _MainOutputs:
         self.last_saved_step = trainer.step
         # img/s of the last train summary's interval, all ranks together, training only.
         self.interval_start, self.interval_images = time.time(), 0
+        # The ETA, from the steps per second of that interval, tests and saves included.
+        self.eta_since = (time.time(), trainer.step)
 
     def after_step(self, terms: LossTerms, x: torch.Tensor) -> None:
         args, trainer, step = self.args, self.trainer, self.trainer.step
@@ -459,10 +516,11 @@ class _MainOutputs:
         if step % args.log_interval_train == 0:
             img_per_s = self.interval_images / max(time.time() - self.interval_start, 1e-9)
             lr = trainer.learning_rates(step)[0][0]  # the autoencoder's, of the next update
-            _log_train(self.writer, step, terms, lr, img_per_s, trainer.model)
+            _log_train(self.writer, step, terms, lr, img_per_s, trainer.model, self._eta(step))
             sample = x[:2]
             _log_images(self.writer, step, sample, _sample_reconstruction(trainer.model, sample))
             self.interval_start, self.interval_images = time.time(), 0
+            self.eta_since = (time.time(), step)
         if args.log_interval_test >= 1 and step % args.log_interval_test == 0:
             eval_start = time.time()
             metrics = trainer.evaluate(itertools.islice(self.test_loader, args.num_test_batches))
@@ -471,6 +529,15 @@ class _MainOutputs:
         if step % args.log_interval_save == 0:
             self.save("interval")
 
+    def _eta(self, step: int) -> datetime.timedelta | None:
+        """Time left until --max_steps at the step rate since the last train summary; None
+        without --max_steps."""
+        if self.args.max_steps is None:
+            return None
+        since_time, since_step = self.eta_since
+        seconds_per_step = (time.time() - since_time) / max(step - since_step, 1)
+        return datetime.timedelta(seconds=round(seconds_per_step * (self.args.max_steps - step)))
+
     def save(self, reason: str) -> None:
         path = ckpt.save_checkpoint(
             self.ckpt_dir, self.trainer.step, self.trainer.state_dict(),
@@ -478,7 +545,7 @@ class _MainOutputs:
             run_start=self.run_start,
         )
         self.last_saved_step = self.trainer.step
-        print(f"Saved {path} ({reason})", flush=True)
+        _log.info(f"Saved {path} ({reason})")
 
     def save_unsaved_step(self) -> None:
         """Checkpoint the last step unless it was just saved (Ctrl-C, SIGTERM, --max_steps)."""
@@ -488,24 +555,20 @@ class _MainOutputs:
     def report_nan_loss(self) -> None:
         saved = ckpt.list_checkpoints(self.ckpt_dir)
         last_good = f"{saved[-1][1]}" if saved else "none (no checkpoint saved yet)"
-        print(
-            f"error: loss is NaN/inf at step {self.trainer.step + 1}; stopping without "
-            f"saving. Last good checkpoint: {last_good}",
-            file=sys.stderr,
-        )
+        _log.error(f"error: loss is NaN/inf at step {self.trainer.step + 1}; stopping without "
+                   f"saving. Last good checkpoint: {last_good}")
 
     def close(self) -> None:
         self.writer.close()
 
 
 def _log_train(writer: SummaryWriter, step: int, terms: LossTerms, lr: float,
-               img_per_s: float, model: ImageCodec) -> None:
-    print(
+               img_per_s: float, model: ImageCodec, eta: datetime.timedelta | None) -> None:
+    _log.info(
         f"{step:7d}: loss={float(terms.total.detach()):.4f}  ms_ssim={float(terms.ms_ssim):.4f}  "
         f"psnr={float(terms.psnr):.2f}  bpp={float(terms.bpp):.4f}  "
-        f"H_real={float(terms.H_real):.4f}  lr={lr:.2e}  {img_per_s:.1f} img/s",
-        flush=True,
-    )
+        f"H_real={float(terms.H_real):.4f}  lr={lr:.2e}  {img_per_s:.1f} img/s"
+        + ("" if eta is None else f"  eta {eta}"))
     for name in ("total", "distortion", "rate_loss", "reg_enc_dec", "ms_ssim", "mse", "psnr",
                  "bpp", "H_real", "H_mask", "H_soft"):
         writer.add_scalar(f"train/{name}", float(getattr(terms, name).detach()), step)
@@ -529,11 +592,9 @@ def _log_images(writer: SummaryWriter, step: int, x: torch.Tensor, out: CodecOut
 
 
 def _log_test(writer: SummaryWriter, step: int, metrics: dict[str, float]) -> None:
-    print(
+    _log.info(
         f"{step:7d}: [test] ms_ssim={metrics['ms_ssim']:.4f}  psnr={metrics['psnr']:.2f}  "
-        f"bpp={metrics['bpp']:.4f}  H_real={metrics['H_real']:.4f}",
-        flush=True,
-    )
+        f"bpp={metrics['bpp']:.4f}  H_real={metrics['H_real']:.4f}")
     for name, value in metrics.items():
         writer.add_scalar(f"test/{name}", value, step)
 

@@ -1,7 +1,9 @@
 """Tests of imgcomp.imageio (finding and reading images), imgcomp.data (dataset specs,
 loaders) and imgcomp.records (TFRecord writer)."""
 
+import importlib.util
 import io
+import os
 import re
 import subprocess
 import sys
@@ -12,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tfrecord.reader import tfrecord_loader
 from tfrecord.writer import TFRecordWriter
 
-from imgcomp.data import DataWarning, count_tfrecords, make_loader
+from imgcomp.data import FEATURE_KEY, DataWarning, count_tfrecords, make_loader
 from imgcomp.imageio import (
     DatasetError,
     ImageReadError,
@@ -219,6 +222,128 @@ def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     blocker.write_text("a file, not a directory")
     assert records_main(["mk_img_rec", str(paths[0]), "-o", str(blocker / "out")]) == 1
     assert capsys.readouterr().err.startswith("error:")
+
+
+def stored_images(record_file: Path) -> list[Image.Image]:
+    return [Image.open(io.BytesIO(bytes(r[FEATURE_KEY])))
+            for r in tfrecord_loader(str(record_file), None, {FEATURE_KEY: "byte"})]
+
+
+def test_shard_size_resize_short_side_and_workers(tmp_path: Path, capsys) -> None:
+    """The original README's "Prepare ImageNET" in one call: original shard names, the
+    ImageMagick `-resize "32x32^"` step, two worker processes."""
+    rng = np.random.default_rng(3)
+    src = tmp_path / "src"
+    big_jpeg = save(src / "a_big.JPEG", gradient(48, 80), quality=80)  # shrunk
+    small_png = save(src / "b_small.png", rng.integers(0, 256, (20, 16, 3), dtype=np.uint8))
+    exact = save(src / "c_exact.JPEG", gradient(32, 50))  # kept byte for byte
+    cmyk = src / "d_cmyk.jpg"
+    Image.fromarray(gradient(64, 40)).convert("CMYK").save(cmyk)
+    (src / "e_bad.jpg").write_bytes(b"not an image")
+    out = tmp_path / "records" / "train"
+    assert records_main(["mk_img_rec", f"{src}/*", "-o", str(out), "--shard_size", "3",
+                         "--resize_short_side", "32", "--workers", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "4 images -> 2 files" in captured.out and "e_bad.jpg" in captured.err
+    assert sorted(p.name for p in out.iterdir()) == ["train-00001.tfrecord",
+                                                     "train-00002.tfrecord"]
+    images = stored_images(out / "train-00001.tfrecord") + stored_images(
+        out / "train-00002.tfrecord")
+    # Shorter side 32, aspect kept (rounded half up); each in its own kind; CMYK made RGB.
+    assert [(im.size, im.format, im.mode) for im in images] == [
+        ((53, 32), "JPEG", "RGB"), ((32, 40), "PNG", "RGB"), ((50, 32), "JPEG", "RGB"),
+        ((32, 51), "JPEG", "RGB")]
+    with Image.open(big_jpeg) as source:
+        assert images[0].quantization == source.quantization  # the source's quality
+    assert images[0].fp.getvalue() != big_jpeg.read_bytes()
+    assert images[2].fp.getvalue() == exact.read_bytes()
+    assert abs(np.asarray(images[1].resize((16, 20)), float)
+               - np.asarray(Image.open(small_png), float)).mean() < 40  # enlarged, same picture
+
+    # Stale shards of the prefix, either naming, are refused; --prefix names others.
+    assert records_main(["mk_img_rec", str(exact), "-o", str(out), "--shard_size", "3"]) == 1
+    assert "train-00001.tfrecord" in capsys.readouterr().err
+    assert records_main(["mk_img_rec", str(exact), "-o", str(out), "--shard_size", "3",
+                         "--prefix", "more"]) == 0
+    assert (out / "more-00001.tfrecord").is_file()
+    for conflict in (["--shard_size", "2", "--num_per_shard", "2"], ["--workers", "0"]):
+        assert records_main(["mk_img_rec", str(exact), "-o", str(tmp_path / "x"),
+                             *conflict]) == 1
+    assert records_main(["mk_img_rec", str(exact), "-o", str(tmp_path / "x.tfrecord"),
+                         "--shard_size", "2"]) == 1
+    assert "one record file" in capsys.readouterr().err
+    # --assert_size sees a JPEG's full size (not its reduced check decode's), from a worker.
+    for min_size, code in ((49, 1), (48, 0)):
+        assert records_main(["mk_img_rec", str(big_jpeg), "-o", str(tmp_path / f"y{min_size}"),
+                             "--shard_size", "1", "--workers", "2", "--assert_size",
+                             str(min_size)]) == code
+    assert "a_big.JPEG is 80x48, below --assert_size 49" in capsys.readouterr().err
+
+
+IMAGENET_SAMPLE = (Path(os.environ.get("IMGCOMP_SHARED", REPO.parent / "shared"))
+                   / "data" / "imagenet_sample" / "train")
+
+
+def test_records_of_the_imagenet_sample(tmp_path: Path, capsys) -> None:
+    if not IMAGENET_SAMPLE.is_dir():
+        pytest.skip("ImageNet sample not available (set IMGCOMP_SHARED)")
+    sources = sorted(IMAGENET_SAMPLE.glob("*.jpg"))[:5]
+    for side, expect_same in ((256, True), (160, False)):  # the sample is at 256 already
+        out = tmp_path / f"side{side}" / "train"
+        assert records_main(["mk_img_rec", *map(str, sources), "-o", str(out), "--shard_size",
+                             "4", "--resize_short_side", str(side), "--workers", "2",
+                             "--feature_key", "image/encoded"]) == 0
+        images = [im for f in sorted(out.iterdir()) for im in stored_images(f)]
+        assert [f.name for f in sorted(out.iterdir())] == ["train-00001.tfrecord",
+                                                           "train-00002.tfrecord"]
+        for im, path in zip(images, sources, strict=True):
+            with Image.open(path) as source:
+                w, h = source.size
+                assert min(im.size) == side and im.format == "JPEG"
+                assert abs(im.size[0] / im.size[1] - w / h) < 0.01
+                assert (im.fp.getvalue() == path.read_bytes()) == expect_same
+    capsys.readouterr()
+
+
+# Run apart: TensorFlow and the tfrecord package both register tensorflow.Example's protos in
+# protobuf's default pool, so one process cannot import both (and where TensorFlow is
+# installed, tensorboard imports it), hence a TensorFlow of its own venv:
+# IMGCOMP_TF_PYTHON=/path/to/tf_venv/bin/python, else this interpreter's if it has one.
+TF_PYTHON = os.environ.get("IMGCOMP_TF_PYTHON")
+TF_READ_RECORDS = """
+import sys
+import numpy as np
+import tensorflow as tf
+feature = {sys.argv[2]: tf.io.FixedLenFeature([], tf.string)}
+np.savez(sys.argv[1], *[
+    tf.io.decode_image(tf.io.parse_single_example(r, feature)[sys.argv[2]], channels=3).numpy()
+    for r in tf.data.TFRecordDataset(sys.argv[3:])])
+"""
+
+
+def test_tensorflow_reads_the_records(tmp_path: Path) -> None:
+    if TF_PYTHON is None and importlib.util.find_spec("tensorflow") is None:
+        pytest.skip("TensorFlow not installed (or set IMGCOMP_TF_PYTHON)")
+    src = tmp_path / "src"
+    save(src / "a.jpg", gradient(48, 80), quality=90)
+    save(src / "b.png", gradient(20, 16))
+    out = tmp_path / "records" / "val"
+    assert records_main(["mk_img_rec", str(src), "-o", str(out), "--shard_size", "1",
+                         "--resize_short_side", "32", "--workers", "2"]) == 0
+    files = sorted(str(f) for f in out.iterdir())
+    assert [Path(f).name for f in files] == ["val-00001.tfrecord", "val-00002.tfrecord"]
+    arrays = tmp_path / "tf.npz"
+    subprocess.run([TF_PYTHON or sys.executable, "-c", TF_READ_RECORDS, str(arrays), FEATURE_KEY,
+                    *files], check=True, timeout=300)
+    with np.load(arrays) as by_tf:
+        decoded = [by_tf[f"arr_{i}"] for i in range(len(by_tf.files))]
+    assert [d.shape for d in decoded] == [(32, 53, 3), (40, 32, 3)]
+    ours = [np.asarray(im.convert("RGB"), int) for f in files for im in stored_images(Path(f))]
+    # TensorFlow's JPEG decoding (its IDCT and chroma upsampling) differs from Pillow's by a
+    # few levels; PNG decodes alike.
+    mse = np.mean((decoded[0] - ours[0]) ** 2.0)
+    assert np.abs(decoded[0] - ours[0]).max() <= 8 and 10 * np.log10(255**2 / mse) > 40
+    np.testing.assert_array_equal(decoded[1], ours[1])
 
 
 # Problem images

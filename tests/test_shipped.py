@@ -1,6 +1,7 @@
 """The models shipped in ckpts/: they load, code real photos, their Kodak numbers in
-ckpts/README.md are what val.py measures, and the results in README.md and figs/ are what
-plotter.py and bench/shipped_models.py compute from the committed measures."""
+ckpts/README.md (estimated and real bpp) are what val.py --real_bpp measures, and the results
+in README.md and figs/ are what plotter.py and bench/shipped_models.py compute from the
+committed measures and real file sizes."""
 
 import csv
 import os
@@ -63,34 +64,49 @@ def test_repo_configs_are_the_ones_a_shipped_model_was_trained_with(log_dir):
         assert in_repo == shipped, f"{root}/{job_name}"
 
 
+def _read_bpp_real(path: Path) -> dict[str, str]:
+    """img_name -> bpp_real of a real_bpp.csv, as written (real file sizes are exact)."""
+    with open(path, newline="") as f:
+        return {row["img_name"]: row["bpp_real"] for row in csv.DictReader(f)}
+
+
 @pytest.mark.parametrize("log_dir", SHIPPED, ids=lambda p: p.name)
 def test_readme_numbers_match_a_fresh_val_run(log_dir, tmp_path):
     job = job_id_of(log_dir)
     committed = read_measures_csv(ROOT / "ckpts" / f"{job} kodak" / "measures.csv")
+    committed_real = _read_bpp_real(ROOT / "ckpts" / f"{job} kodak" / "real_bpp.csv")
     assert len(committed) == 24
+    assert set(committed_real) == {m.img_name for m in committed}
     readme = (ROOT / "ckpts/README.md").read_text()
     row = re.search(rf"^\| {job} \|.*$", readme, re.M)
     assert row, f"{job} is not in ckpts/README.md"
-    bpp, msssim, psnr = (float(v) for v in row.group(0).split("|")[5:8])
+    bpp_real, bpp, msssim, psnr = (float(v) for v in row.group(0).split("|")[5:9])
+    assert bpp_real == pytest.approx(np.mean([float(v) for v in committed_real.values()]),
+                                     abs=1e-4)
     assert bpp == pytest.approx(np.mean([m.bpp for m in committed]), abs=1e-4)
     assert msssim == pytest.approx(np.mean([m.ms_ssim for m in committed]), abs=1e-4)
     assert psnr == pytest.approx(np.mean([m.psnr for m in committed]), abs=1e-2)
     if not (KODAK / "kodim01.png").is_file():
         pytest.skip("Kodak images not available (set IMGCOMP_SHARED)")
-    # A fresh val.py run on 2 images gives the committed per-image numbers.
+    # A fresh val.py run on 2 images gives the committed per-image numbers, and files of
+    # exactly the committed sizes.
     (tmp_path / "logs").mkdir()
     (tmp_path / "logs" / log_dir.name).symlink_to(log_dir)
     images = tmp_path / "kodak"
     images.mkdir()
     for name in ("kodim01.png", "kodim02.png"):
         (images / name).symlink_to(KODAK / name)
-    assert validation.main([str(tmp_path / "logs"), job, str(images), "--device", "cpu"]) == 0
+    assert validation.main([str(tmp_path / "logs"), job, str(images), "--device", "cpu",
+                            "--real_bpp"]) == 0
     fresh = read_measures_csv(tmp_path / "logs" / f"{job} kodak" / "measures.csv")
     by_name = {m.img_name: m for m in committed}
     for m in fresh:
         assert m.bpp == pytest.approx(by_name[m.img_name].bpp, rel=1e-3)
         assert m.ms_ssim == pytest.approx(by_name[m.img_name].ms_ssim, abs=1e-3)
         assert m.psnr == pytest.approx(by_name[m.img_name].psnr, abs=0.05)
+    fresh_real = _read_bpp_real(tmp_path / "logs" / f"{job} kodak" / "real_bpp.csv")
+    assert fresh_real == {name: committed_real[name] for name in fresh_real}
+    assert len(fresh_real) == 2
 
 
 PLOTS = [("kodak", "plot_Kodak"), ("bsds500_val", "plot_bsds500_val")]

@@ -162,6 +162,10 @@ def test_train_from_glob_writes_log_dir_checkpoint_and_events(run_train, tiny_co
     out = capsys.readouterr().out
     assert re.search(r"\s3: loss=[\d.]+\s+ms_ssim=[\d.]+.*bpp=[\d.]+\s+H_real=[\d.]+.*img/s", out)
     assert "[test] ms_ssim=" in out
+    # With --max_steps, each train summary ends with the time left.
+    assert len(re.findall(r" img/s  eta \d+:\d\d:\d\d\n", out)) == 3
+    # train.py writes its console lines into the log dir itself.
+    assert (log_dir / "console.log").read_text() == out
 
 
 def test_tensorboard_tags(trained_log_dir):
@@ -180,11 +184,14 @@ def test_restore_continues_at_saved_step(run_train, capsys):
     assert code == 0
     log_dir = _only_log_dir(logs)
     first = ckpt.load_checkpoint(ckpt.checkpoint_path(log_dir / "ckpts"))
-    capsys.readouterr()
+    first_out = capsys.readouterr().out
     code, _ = run_train("--max_steps", "4", "--restore", str(log_dir / "ckpts"),
                         "--restore_continue")
     assert code == 0
-    assert "(step 2)" in capsys.readouterr().out
+    second_out = capsys.readouterr().out
+    assert "(step 2)" in second_out
+    # console.log goes on, with the lines printed before the log dir was known (Restored ...).
+    assert (log_dir / "console.log").read_text() == first_out + second_out
     assert _only_log_dir(logs) == log_dir  # kept writing into the restored log dir
     assert [s for s, _ in ckpt.list_checkpoints(log_dir)] == [2, 4]
     resumed = ckpt.load_checkpoint(ckpt.checkpoint_path(log_dir))
@@ -282,6 +289,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(run_train, monkeypatch, c
     assert code == 1
     err = capsys.readouterr().err
     assert "NaN" in err and "ckpt-2.pt" in err
+    assert err in (log_dir / "console.log").read_text()  # errors go to the log too
     assert [s for s, _ in ckpt.list_checkpoints(log_dir)] == [2]
 
 
