@@ -201,7 +201,7 @@ def _info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def _models(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     installed = {m.name: m for m in zoo.shipped_models()}
-    rows = [("name", "job id", "fingerprint", "Kodak bpp / MS-SSIM", "path")]
+    rows = [("name", "job id", "fingerprint", "Kodak bpp (estimate) / MS-SSIM", "path")]
     for row in zoo.SHIPPED:
         path = (str(installed[row.name].log_dir) if row.name in installed
                 else f"(not installed in {zoo.shipped_models_dir()})")

@@ -16,12 +16,14 @@ Speed: encoding computes all logits in one pass over the volume. Decoding follow
 t = 4*c + 2*h + w (for 3x3 kernels): every position of every layer is computed exactly
 once, at step t, from cached activations of the layers below (the idea of Fast PixelCNN++),
 and all symbols of a step are decoded together. A Kodak image (C=32 x 64 x 96 symbols)
-takes 376 steps.
+takes 376 steps. The caches keep only the last few steps of each layer (_Ring), so they stay
+in the processor's cache; weights are pre-scaled by powers of two (_Layer), so a layer is
+one gather, one matrix product, floor and clamp.
 
 Hostile payloads: decoding stops with BitstreamError as soon as the symbols decoded carry more
-information than the payload can hold (_PayloadReader). The decoder makes its index arrays a
-few steps at a time and touches activation memory only where it computes, so a payload that
-runs out early costs little, however large an image its header claims.
+information than the payload can hold (_PayloadReader). The decoder's index arrays and caches
+grow with the image's rows (C x H), not its pixels, so a payload that runs out early costs
+little, however large an image its header claims.
 """
 
 from __future__ import annotations
@@ -88,12 +90,14 @@ def _wavefront_time(d: np.ndarray, h: np.ndarray, w: np.ndarray, reach: int) -> 
 
 @dataclass
 class _Layer:
-    """One masked conv as integer taps: weight (taps*Cin, Cout), bias (Cout,), its offsets."""
+    """One masked conv as fixed-point taps: weight (taps*Cin, Cout) and bias (Cout,), float64
+    multiples of 2^-frac_bits (integers scaled by a power of two: the products with integer
+    activations and their sums stay exact, and floor() of the sum is the next integer
+    activation, without a rescaling pass), and its offsets."""
 
     name: str
-    weight: torch.Tensor  # float64, integer-valued, scale 2^(12 + frac_bits)
-    bias: torch.Tensor  # float64, integer-valued, scale 2^(12 + frac_bits)
-    frac_bits: int
+    weight: torch.Tensor  # the conv's weights, |weight| * 2^frac_bits <= 2^15
+    bias: torch.Tensor  # the conv's bias at the activation scale 2^16
     offsets: np.ndarray  # (taps, 3) aligned (depth, h, w) offsets into the layer below
     reach: int  # K//2: the layer's output shrinks by it in front and on each spatial side
     relu: bool
@@ -115,8 +119,9 @@ def _integer_layer(layer: ContextLayer) -> _Layer:
     w_taps = torch.stack([weight[:, :, kd, kh, kw] for kd, kh, kw in taps])  # (T, Cout, Cin)
     w_int = torch.round(w_taps * 2.0**frac_bits).permute(0, 2, 1).reshape(-1, weight.shape[0])
     b_int = torch.round(conv.bias.detach().double().cpu() * 2.0 ** (frac_bits + ACT_FRAC_BITS))
+    w_fixed, b_fixed = w_int * 2.0**-frac_bits, b_int * 2.0**-frac_bits
     offsets = np.array([(kd - (depth - 1), kh - k // 2, kw - k // 2) for kd, kh, kw in taps])
-    return _Layer(layer.name, w_int, b_int, frac_bits, offsets, conv.reach, layer.relu,
+    return _Layer(layer.name, w_fixed, b_fixed, offsets, conv.reach, layer.relu,
                   layer.skip_from)
 
 
@@ -164,29 +169,23 @@ class _Extent:
 @dataclass
 class _Positions:
     """Positions of one layer's output: their flat indices, their neighbours in the layer below
-    (flat indices, `taps` per position in a row), the positions their skip reads (None without
-    one) and, for the last layer, the padded input's slots of their symbols (else None)."""
+    (flat indices, `taps` per position in a row) and the positions their skip reads (None
+    without one)."""
 
     flat: torch.Tensor
     neighbours: torch.Tensor
     taps: int
     skip: torch.Tensor | None
-    slots: torch.Tensor | None
 
     def __len__(self) -> int:
         return len(self.flat)
-
-    def part(self, lo: int, hi: int) -> _Positions:
-        return _Positions(self.flat[lo:hi], self.neighbours[lo * self.taps:hi * self.taps],
-                          self.taps, None if self.skip is None else self.skip[lo:hi],
-                          None if self.slots is None else self.slots[lo:hi])
 
 
 class _Plan:
     """The geometry of one symbol-volume shape: extents[0] is the padded input, extents[i + 1]
     layer i's output; the neighbours of a position are its aligned position in the layer
-    below plus one constant flat offset per tap (tap_offsets[i]). Index arrays are made on
-    demand for some positions (`positions`) or some wavefront steps (`wavefront`)."""
+    below plus one constant flat offset per tap (tap_offsets[i]). The encoder's index arrays
+    are made on demand for some positions (`positions`); the decoder's come from _Ring."""
 
     def __init__(self, layers: list[_Layer], shape: tuple[int, int, int], reach: int) -> None:
         self.layers, self.reach = layers, reach
@@ -213,13 +212,7 @@ class _Plan:
         return _Positions(
             torch.from_numpy(flat), torch.from_numpy(neighbours.ravel()), neighbours.shape[1],
             None if skip_from is None else
-            torch.from_numpy(self.extents[skip_from + 1].flat(d, h, w)),
-            self.input_slots(flat) if i == len(self.layers) - 1 else None)
-
-    def wavefront(self, i: int, t0: int, t1: int) -> tuple[_Positions, np.ndarray]:
-        """Layer i's positions at steps t0 <= t < t1 in coding order, and their steps."""
-        flat, times = self.extents[i + 1].wavefront(t0, t1, self.reach)
-        return self.positions(i, flat), times
+            torch.from_numpy(self.extents[skip_from + 1].flat(d, h, w)))
 
     def input_slots(self, flat: np.ndarray) -> torch.Tensor:
         """Layer 0 (padded input) positions of the symbols at flat indices of the volume."""
@@ -229,11 +222,6 @@ class _Plan:
     def coding_order(self) -> torch.Tensor:
         return torch.from_numpy(self.extents[-1].wavefront(self.steps[0], self.steps[-1] + 1,
                                                            self.reach)[0])
-
-
-# Steps whose index arrays the decoder makes at once: enough to amortize the per-row work of
-# _Extent.wavefront, few enough that a decode stopped early has made few.
-_STEPS_PER_SLAB = 16
 
 
 class IntegerContextModel:
@@ -265,25 +253,21 @@ class IntegerContextModel:
     def plan(self, shape: tuple[int, int, int]) -> _Plan:
         return _Plan(self.layers, shape, self.reach)
 
-    def _compute(self, i: int, caches: list[torch.Tensor], positions: _Positions,
-                 plan: _Plan) -> torch.Tensor:
-        """Compute (and return) layer i's output at `positions` from the layers below."""
+    def _compute(self, i: int, caches: list[torch.Tensor], positions: _Positions) -> None:
+        """Compute layer i's output at `positions` from the layers below."""
         layer = self.layers[i]
         # (P * taps, Cin) -> (P, taps * Cin); index_select gathers ~2x faster than indexing.
         gathered = caches[i].index_select(0, positions.neighbours).view(len(positions), -1)
-        out = torch.addmm(layer.bias, gathered, layer.weight)
-        out.mul_(2.0**-layer.frac_bits).floor_()
+        out = torch.addmm(layer.bias, gathered, layer.weight).floor_()
         if layer.skip_from is not None:
             out += caches[layer.skip_from + 1].index_select(0, positions.skip)
         out.clamp_(0.0 if layer.relu else -ACT_LIMIT, ACT_LIMIT)
         caches[i + 1].index_copy_(0, positions.flat, out)
-        return out
 
     def _empty_caches(self, plan: _Plan) -> list[torch.Tensor]:
-        """The padded input with its padding filled in (symbols are written in as they are
-        known), and uninitialized layer outputs: both coding passes compute every position
-        before any layer reads it, so nothing is written in advance and a decode that stops
-        early touches only the memory of the steps it decoded."""
+        """The encoder's activations: the padded input with its padding filled in (the symbols
+        are written in), and uninitialized layer outputs (the pass computes every position
+        before any layer reads it)."""
         padded, volume = plan.extents[0], plan.extents[-1]
         box = torch.empty(padded.depth, padded.height, padded.width, dtype=torch.float64)
         d, h, w = volume.d0 - padded.d0, volume.h0 - padded.h0, volume.w0 - padded.w0
@@ -311,7 +295,7 @@ class IntegerContextModel:
         for i in range(len(self.layers)):
             for start in range(0, plan.extents[i + 1].size, chunk):
                 flat = np.arange(start, min(start + chunk, plan.extents[i + 1].size))
-                self._compute(i, caches, plan.positions(i, flat), plan)
+                self._compute(i, caches, plan.positions(i, flat))
         return caches[-1][plan.coding_order]
 
     def decode(self, shape: tuple[int, int, int], decode_step) -> torch.Tensor:
@@ -319,27 +303,104 @@ class IntegerContextModel:
         gets the integer logits (m, L) of the step's symbols in coding order and returns their
         symbols (m,); an exception it raises stops the decode."""
         plan = self.plan(shape)
-        caches = self._empty_caches(plan)
+        size = _Ring.size(self.layers, self.reach)
+        rings = [_Ring(self.layers, plan, i, size) for i in range(len(self.layers))]
+        buffers = [torch.full((size * plan.extents[0].depth * plan.extents[0].height, 1),
+                              self.pad_int, dtype=torch.float64)]
+        for i, layer in enumerate(self.layers):
+            extent = plan.extents[i + 1]
+            buffers.append(torch.empty(size * extent.depth * extent.height,
+                                       layer.weight.shape[1], dtype=torch.float64))
         symbols = torch.empty(plan.extents[-1].size, dtype=torch.int64)
         last = len(self.layers) - 1
-        first_step, end = int(plan.steps[0]), int(plan.steps[-1]) + 1
-        for t0 in range(first_step, end, _STEPS_PER_SLAB):
-            t1 = min(t0 + _STEPS_PER_SLAB, end)
-            slab = [plan.wavefront(i, t0, t1) for i in range(len(self.layers))]
-            # bounds[i][k]:bounds[i][k + 1] is the part of slab[i] computed at step t0 + k.
-            bounds = [np.searchsorted(times, np.arange(t0, t1 + 1)) for _, times in slab]
-            for k in range(t1 - t0):
-                for i, (positions, _) in enumerate(slab):
-                    lo, hi = bounds[i][k], bounds[i][k + 1]
-                    if lo == hi:
-                        continue
-                    part = positions.part(lo, hi)
-                    out = self._compute(i, caches, part, plan)
-                    if i == last:
-                        decoded = torch.as_tensor(decode_step(out), dtype=torch.int64)
-                        symbols[part.flat] = decoded
-                        caches[0][part.slots, 0] = self.center_ints[decoded]
+        # planes[phase][i]: buffer i's plane of the steps t with t % size == phase.
+        planes = list(zip(*(buffer.view(size, -1, buffer.shape[1]) for buffer in buffers),
+                          strict=True))
+        for t in plan.steps.tolist():
+            phase = t % size
+            # The input's plane of step t held step t - size, which no layer reads any more:
+            # it becomes padding, and the step's symbols are written in once decoded.
+            planes[phase][0].fill_(self.pad_int)
+            for i, (layer, ring) in enumerate(zip(self.layers, rings, strict=True)):
+                step = ring.step(t)
+                if step is None:
+                    continue
+                rows, below, skip_rows = step
+                neighbours = (below[:, None] + ring.taps[phase]).view(-1)
+                gathered = buffers[i].index_select(0, neighbours).view(len(rows), -1)
+                out = torch.addmm(layer.bias, gathered, layer.weight).floor_()
+                if layer.skip_from is not None:
+                    skip = planes[phase][layer.skip_from + 1]
+                    out += skip.index_select(0, skip_rows)
+                out.clamp_(0.0 if layer.relu else -ACT_LIMIT, ACT_LIMIT)
+                if i < last:
+                    planes[phase][i + 1].index_copy_(0, rows, out)
+                    continue
+                decoded = torch.as_tensor(decode_step(out), dtype=torch.int64)
+                symbols[rows * plan.extents[-1].width + (t - ring.row_times[rows])] = decoded
+                planes[phase][0][ring.input[rows], 0] = self.center_ints[decoded]
         return symbols.view(shape)
+
+
+class _Ring:
+    """The decoder's view of layer i. Each layer's output (and the padded input) is kept for
+    the last `size` wavefront steps only, as planes of its (depth, height) rows: the position
+    of row r at step t (w = t - the row's time at w = 0) lies in plane t % size, row r. Taps
+    lie at most size - 1 steps back, so the buffers stay small and in cache, and a decode
+    that stops early has touched little memory, however wide its image.
+
+    step(t): layer i's rows computed at step t (in coding order for the last layer) and the
+    rows below them in the layer below, or None; + taps[t % size]: the flat buffer indices of
+    their taps. skip[r]: row r's skip row; input[r] (last layer): the padded input's row of
+    its symbol; row_times[r]: its time at w = 0."""
+
+    def __init__(self, layers: list[_Layer], plan: _Plan, i: int, size: int) -> None:
+        layer, below, extent = layers[i], plan.extents[i], plan.extents[i + 1]
+        a, b = _wavefront_coefficients(plan.reach)
+        d, h = np.divmod(np.arange(extent.depth * extent.height), extent.height)
+        d, h = d + extent.d0, h + extent.h0
+        row_times = a * d + b * h
+        self.row_times = torch.from_numpy(row_times)
+        self.below = torch.from_numpy(_rows(below, d, h))
+        od, oh, ow = layer.offsets.T
+        lags = _wavefront_time(od, oh, ow, plan.reach)
+        self.taps = [torch.from_numpy(od * below.height + oh + (phase + lags) % size
+                                      * below.depth * below.height) for phase in range(size)]
+        self.skip = None if layer.skip_from is None else torch.from_numpy(
+            _rows(plan.extents[layer.skip_from + 1], d, h))
+        self.last = i == len(layers) - 1
+        if self.last:
+            self.input = torch.from_numpy(_rows(plan.extents[0], d, h))
+        # Rows of step t: those whose time at w = 0 lies in (t - w0 - width, t - w0].
+        order = np.argsort(row_times, kind="stable")
+        times = row_times[order]
+        self._order = torch.from_numpy(order)
+        self._below_in_order = self.below[self._order]
+        self._skip_in_order = None if self.skip is None else self.skip[self._order]
+        self._first = int(plan.steps[0])
+        self._lo = np.searchsorted(times, plan.steps - extent.w0 - extent.width + 1).tolist()
+        self._hi = np.searchsorted(times, plan.steps - extent.w0, side="right").tolist()
+
+    @staticmethod
+    def size(layers: list[_Layer], reach: int) -> int:
+        """Steps the buffers keep: one more than the farthest tap back of any layer."""
+        return 1 - min(int(_wavefront_time(*layer.offsets.T, reach).min())
+                       for layer in layers)
+
+    def step(self, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
+        lo, hi = self._lo[t - self._first], self._hi[t - self._first]
+        if lo == hi:
+            return None
+        if self.last:  # coding order: by flat index, i.e. by row
+            rows = torch.sort(self._order[lo:hi]).values
+            return rows, self.below[rows], None if self.skip is None else self.skip[rows]
+        return (self._order[lo:hi], self._below_in_order[lo:hi],
+                None if self.skip is None else self._skip_in_order[lo:hi])
+
+
+def _rows(extent: _Extent, d: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """The (depth, height) row indices of positions in an extent."""
+    return (d - extent.d0) * extent.height + (h - extent.h0)
 
 
 _CATEGORICAL = constriction.stream.model.Categorical(perfect=False)

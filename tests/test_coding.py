@@ -101,8 +101,8 @@ def test_deeper_wider_context_model_round_trip():
 
 @pytest.mark.parametrize("shape, reach", [((5, 7, 9), 1), ((3, 4, 11), 2), ((1, 1, 1), 1)])
 def test_wavefront_slabs_give_the_coding_order(shape, reach):
-    """The decoder makes positions a few steps at a time, row by row; concatenated they are
-    the positions sorted by wavefront time, then flat index (the encoder's order)."""
+    """Positions made some steps at a time, row by row, and concatenated are the positions
+    sorted by wavefront time, then flat index (the coding order)."""
     extent = _Extent(-2, -1, -3, *shape)
     d, h, w = np.meshgrid(np.arange(shape[0]) - 2, np.arange(shape[1]) - 1,
                           np.arange(shape[2]) - 3, indexing="ij")
@@ -121,7 +121,8 @@ def test_integer_model_refuses_what_it_cannot_code_exactly():
         IntegerContextModel(ProbClassifier(6, 3, 1024), torch.arange(6.0), 0.0)
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 3, 2), (3, 5, 4), (4, 9, 13)])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 3, 2), (3, 5, 4), (4, 9, 13), (2, 1, 17),
+                                   (6, 12, 1)])
 def test_symbol_round_trip(shape):
     _, _, model = _context_model()
     symbols = torch.randint(0, 6, shape, generator=torch.Generator().manual_seed(sum(shape)))
