@@ -51,7 +51,7 @@ class ImageCodec(nn.Module):
         self.probclass = probclass
         self.use_centers_for_padding = use_centers_for_padding
         self.output_uint8 = output_uint8
-        self._coder: tuple[bytes, IntegerContextModel] | None = None  # see coder()
+        self._coder: tuple[list, list, bytes, IntegerContextModel] | None = None  # coder()
 
     @classmethod
     def from_configs(cls, ae_cfg, pc_cfg) -> ImageCodec:
@@ -121,13 +121,19 @@ class ImageCodec(nn.Module):
 
     def coder(self) -> tuple[bytes, IntegerContextModel]:
         """The fingerprint of the current weights and the integer context model made from
-        them. Both are cached and rebuilt whenever the fingerprint (over every weight) changes,
-        so a model trained or loaded anew never codes with stale integer weights."""
-        fingerprint = model_fingerprint(self)
-        if self._coder is None or self._coder[0] != fingerprint:
-            self._coder = fingerprint, IntegerContextModel(self.probclass, self.quantizer.centers,
-                                                           self.pad_value())
-        return self._coder
+        them, so a model trained or loaded anew never codes with stale integer weights. Both
+        are cached while no weight tensor is replaced or changed in place (torch counts every
+        in-place change in a tensor's version): hashing the weights costs ~30 ms per call."""
+        # The tensors themselves are kept: a replaced one is then never mistaken for a new one
+        # that got its address.
+        tensors = list(self.state_dict(keep_vars=True).values())
+        versions = [t._version for t in tensors]
+        if (self._coder is None or len(tensors) != len(self._coder[0])
+                or any(a is not b for a, b in zip(tensors, self._coder[0], strict=True))
+                or versions != self._coder[1]):
+            self._coder = (tensors, versions, model_fingerprint(self), IntegerContextModel(
+                self.probclass, self.quantizer.centers, self.pad_value()))
+        return self._coder[2], self._coder[3]
 
     def encode_symbols(self, symbols: Tensor, height: int, width: int) -> tuple[bytes, float]:
         """(file bytes, cross-entropy bits of the symbols under the coding probabilities)."""

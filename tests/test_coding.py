@@ -288,6 +288,11 @@ def test_coder_follows_the_weights(job):
         weight.copy_(trained)
     assert model.coder()[0] == fingerprint
     assert np.array_equal(model.decompress(data), _forward(model, image)[0])
+    # A weight replaced by a new tensor (not changed in place) is seen too.
+    model.probclass.conv_in.weight = torch.nn.Parameter(trained * 2)
+    assert model.coder()[0] not in (fingerprint, new_fingerprint)
+    model.probclass.conv_in.weight = torch.nn.Parameter(trained.clone())
+    assert model.coder()[0] == fingerprint
     model.train()
     with pytest.raises(RuntimeError, match="eval mode"):
         model.compress(image)
