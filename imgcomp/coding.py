@@ -103,6 +103,10 @@ class _Layer:
     relu: bool
     skip_from: int | None  # its output += that earlier layer's output (aligned), before relu
 
+    @property
+    def in_channels(self) -> int:
+        return self.weight.shape[0] // len(self.offsets)
+
 
 def _integer_layer(layer: ContextLayer) -> _Layer:
     conv = layer.conv
@@ -140,15 +144,6 @@ class _Extent:
     def size(self) -> int:
         return self.depth * self.height * self.width
 
-    def coords(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The (depth, height, width) coordinates of flat indices."""
-        dh, w = np.divmod(flat, self.width)
-        d, h = np.divmod(dh, self.height)
-        return d + self.d0, h + self.h0, w + self.w0
-
-    def flat(self, d: np.ndarray, h: np.ndarray, w: np.ndarray) -> np.ndarray:
-        return ((d - self.d0) * self.height + (h - self.h0)) * self.width + (w - self.w0)
-
     def wavefront(self, t0: int, t1: int, reach: int) -> tuple[np.ndarray, np.ndarray]:
         """Flat indices and wavefront times of the positions at times t0 <= t < t1, in coding
         order (by time, then flat index), made row by row without visiting the others."""
@@ -166,26 +161,10 @@ class _Extent:
         return rows * self.width + (w - self.w0), row_time[rows] + w
 
 
-@dataclass
-class _Positions:
-    """Positions of one layer's output: their flat indices, their neighbours in the layer below
-    (flat indices, `taps` per position in a row) and the positions their skip reads (None
-    without one)."""
-
-    flat: torch.Tensor
-    neighbours: torch.Tensor
-    taps: int
-    skip: torch.Tensor | None
-
-    def __len__(self) -> int:
-        return len(self.flat)
-
-
 class _Plan:
     """The geometry of one symbol-volume shape: extents[0] is the padded input, extents[i + 1]
-    layer i's output; the neighbours of a position are its aligned position in the layer
-    below plus one constant flat offset per tap (tap_offsets[i]). The encoder's index arrays
-    are made on demand for some positions (`positions`); the decoder's come from _Ring."""
+    layer i's output (each VALID conv shrinks the box by its reach); the wavefront's steps;
+    the coding order."""
 
     def __init__(self, layers: list[_Layer], shape: tuple[int, int, int], reach: int) -> None:
         self.layers, self.reach = layers, reach
@@ -194,29 +173,11 @@ class _Plan:
             e, r = self.extents[0], layer.reach
             self.extents.insert(0, _Extent(e.d0 - r, e.h0 - r, e.w0 - r, e.depth + r,
                                            e.height + 2 * r, e.width + 2 * r))
-        self.tap_offsets = []
-        for layer, below in zip(layers, self.extents[:-1], strict=True):
-            od, oh, ow = layer.offsets.T
-            self.tap_offsets.append((od * below.height + oh) * below.width + ow)
         # Each extent's first and last times are those of its front and back corners.
         corners = [(e.d0, e.h0, e.w0, e.d0 + e.depth - 1, e.h0 + e.height - 1,
                     e.w0 + e.width - 1) for e in self.extents[1:]]
         self.steps = np.arange(min(int(_wavefront_time(*c[:3], reach)) for c in corners),
                                max(int(_wavefront_time(*c[3:], reach)) for c in corners) + 1)
-
-    def positions(self, i: int, flat: np.ndarray) -> _Positions:
-        """Index arrays of the positions `flat` of layer i's output."""
-        d, h, w = self.extents[i + 1].coords(flat)
-        neighbours = self.extents[i].flat(d, h, w)[:, None] + self.tap_offsets[i]
-        skip_from = self.layers[i].skip_from
-        return _Positions(
-            torch.from_numpy(flat), torch.from_numpy(neighbours.ravel()), neighbours.shape[1],
-            None if skip_from is None else
-            torch.from_numpy(self.extents[skip_from + 1].flat(d, h, w)))
-
-    def input_slots(self, flat: np.ndarray) -> torch.Tensor:
-        """Layer 0 (padded input) positions of the symbols at flat indices of the volume."""
-        return torch.from_numpy(self.extents[0].flat(*self.extents[-1].coords(flat)))
 
     @functools.cached_property
     def coding_order(self) -> torch.Tensor:
@@ -253,149 +214,230 @@ class IntegerContextModel:
     def plan(self, shape: tuple[int, int, int]) -> _Plan:
         return _Plan(self.layers, shape, self.reach)
 
-    def _compute(self, i: int, caches: list[torch.Tensor], positions: _Positions) -> None:
-        """Compute layer i's output at `positions` from the layers below."""
-        layer = self.layers[i]
-        # (P * taps, Cin) -> (P, taps * Cin); index_select gathers ~2x faster than indexing.
-        gathered = caches[i].index_select(0, positions.neighbours).view(len(positions), -1)
-        out = torch.addmm(layer.bias, gathered, layer.weight).floor_()
-        if layer.skip_from is not None:
-            out += caches[layer.skip_from + 1].index_select(0, positions.skip)
-        out.clamp_(0.0 if layer.relu else -ACT_LIMIT, ACT_LIMIT)
-        caches[i + 1].index_copy_(0, positions.flat, out)
-
-    def _empty_caches(self, plan: _Plan) -> list[torch.Tensor]:
-        """The encoder's activations: the padded input with its padding filled in (the symbols
-        are written in), and uninitialized layer outputs (the pass computes every position
-        before any layer reads it)."""
-        padded, volume = plan.extents[0], plan.extents[-1]
-        box = torch.empty(padded.depth, padded.height, padded.width, dtype=torch.float64)
-        d, h, w = volume.d0 - padded.d0, volume.h0 - padded.h0, volume.w0 - padded.w0
-        for part in (box[:d], box[d + volume.depth:], box[:, :h], box[:, h + volume.height:],
-                     box[:, :, :w], box[:, :, w + volume.width:]):
-            part.fill_(self.pad_int)
-        caches = [box.view(-1, 1)]
-        for i, layer in enumerate(self.layers):
-            caches.append(torch.empty(plan.extents[i + 1].size, layer.weight.shape[1],
-                                      dtype=torch.float64))
-        return caches
-
     def coding_order(self, shape: tuple[int, int, int]) -> torch.Tensor:
         """Flat (c, h, w) indices of the symbols in the order they are coded."""
         return self.plan(shape).coding_order
 
     def logits(self, symbols: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
         """Integer logits (C*H*W, L) of a (C, H, W) symbol volume in coding order, in one
-        parallel pass, in chunks of positions small enough for the gathered rows to stay in
-        cache (1024: ~2.5x faster than 16384 on CPU)."""
+        parallel pass, depth slice by depth slice through all layers, so that each hidden
+        layer keeps only the reach + 1 slices the next one reads (a few MB, in cache, whatever
+        the image size). A slice is computed in chunks of whole rows of about `chunk` positions:
+        small enough for the gathered taps to stay in cache (1024: ~2.5x faster than 16384 on
+        CPU), and contiguous, so results are written in place."""
         plan = self.plan(tuple(symbols.shape))
-        caches = self._empty_caches(plan)
-        slots = plan.input_slots(np.arange(plan.extents[-1].size))
-        caches[0][slots, 0] = self.center_ints[symbols.reshape(-1).cpu()]
-        for i in range(len(self.layers)):
-            for start in range(0, plan.extents[i + 1].size, chunk):
-                flat = np.arange(start, min(start + chunk, plan.extents[i + 1].size))
-                self._compute(i, caches, plan.positions(i, flat))
-        return caches[-1][plan.coding_order]
+        padded, volume = plan.extents[0], plan.extents[-1]
+        box = torch.full((padded.depth, padded.height, padded.width), self.pad_int,
+                         dtype=torch.float64)
+        d, h, w = volume.d0 - padded.d0, volume.h0 - padded.h0, volume.w0 - padded.w0
+        box[d:, h:h + volume.height, w:w + volume.width] = self.center_ints[symbols.cpu()]
+        # Slices of the input and the logits are all kept; those of hidden layers cyclically.
+        slabs = [_Slabs(padded, padded.depth, box.view(-1, 1))]
+        for i, layer in enumerate(self.layers):
+            extent = plan.extents[i + 1]
+            planes = extent.depth if i == len(self.layers) - 1 else self.reach + 1
+            slabs.append(_Slabs(extent, planes, torch.empty(
+                planes * extent.height * extent.width, layer.weight.shape[1],
+                dtype=torch.float64)))
+        computations = [_SlabComputation(layer, slabs[i], slabs[i + 1], chunk, None
+                                         if layer.skip_from is None else
+                                         slabs[layer.skip_from + 1])
+                        for i, layer in enumerate(self.layers)]
+        for d in range(plan.extents[1].d0, volume.d0 + volume.depth):
+            for computation in computations:
+                computation(d)
+        return slabs[-1].values[plan.coding_order]
 
     def decode(self, shape: tuple[int, int, int], decode_step) -> torch.Tensor:
         """Decode a (C, H, W) volume step by step along the wavefront. `decode_step(logits)`
-        gets the integer logits (m, L) of the step's symbols in coding order and returns their
-        symbols (m,); an exception it raises stops the decode."""
+        gets the integer logits (m, L) of the step's symbols in coding order (a view valid
+        during the call) and returns their symbols (m,); an exception it raises stops the
+        decode."""
         plan = self.plan(shape)
-        size = _Ring.size(self.layers, self.reach)
-        rings = [_Ring(self.layers, plan, i, size) for i in range(len(self.layers))]
-        buffers = [torch.full((size * plan.extents[0].depth * plan.extents[0].height, 1),
-                              self.pad_int, dtype=torch.float64)]
-        for i, layer in enumerate(self.layers):
-            extent = plan.extents[i + 1]
-            buffers.append(torch.empty(size * extent.depth * extent.height,
-                                       layer.weight.shape[1], dtype=torch.float64))
-        symbols = torch.empty(plan.extents[-1].size, dtype=torch.int64)
-        last = len(self.layers) - 1
-        # planes[phase][i]: buffer i's plane of the steps t with t % size == phase.
-        planes = list(zip(*(buffer.view(size, -1, buffer.shape[1]) for buffer in buffers),
-                          strict=True))
-        for t in plan.steps.tolist():
+        size = _ring_size(self.layers, self.reach)
+        rings = [_Ring(plan, i, size) for i in range(len(self.layers))]
+        input_rows = rings[0].rows_below
+        inputs = np.full((size * input_rows, 1), self.pad_int)
+        # Each layer reads the buffer below and writes its own; the last one, the logits.
+        rings[0].below = torch.from_numpy(inputs)
+        for layer, ring, above in zip(self.layers, rings, rings[1:], strict=False):
+            ring.out = above.below = torch.empty(size * ring.rows, layer.weight.shape[1],
+                                                 dtype=torch.float64)
+        for ring in rings:
+            if ring.layer.skip_from is not None:
+                ring.skip_source = rings[ring.layer.skip_from].out
+        # Work space for the largest step, shared by the layers so that it stays in cache.
+        most = max(ring.most_rows for ring in rings)
+        gathered = torch.empty(most * max(layer.weight.shape[0] for layer in self.layers),
+                               dtype=torch.float64)
+        logits = torch.empty(most, self.num_centers, dtype=torch.float64)
+        center_ints = self.center_ints.numpy()
+        last, decoded = rings[-1], []
+        for k, t in enumerate(plan.steps.tolist()):
             phase = t % size
             # The input's plane of step t held step t - size, which no layer reads any more:
             # it becomes padding, and the step's symbols are written in once decoded.
-            planes[phase][0].fill_(self.pad_int)
-            for i, (layer, ring) in enumerate(zip(self.layers, rings, strict=True)):
-                step = ring.step(t)
-                if step is None:
+            inputs[phase * input_rows:(phase + 1) * input_rows] = self.pad_int
+            for ring in rings:
+                lo, hi = ring.lo[k], ring.hi[k]
+                if lo == hi:
                     continue
-                rows, below, skip_rows = step
-                neighbours = (below[:, None] + ring.taps[phase]).view(-1)
-                gathered = buffers[i].index_select(0, neighbours).view(len(rows), -1)
-                out = torch.addmm(layer.bias, gathered, layer.weight).floor_()
-                if layer.skip_from is not None:
-                    skip = planes[phase][layer.skip_from + 1]
-                    out += skip.index_select(0, skip_rows)
+                if hi > ring.filled:
+                    ring.fill(hi)
+                n, layer, below = hi - lo, ring.layer, ring.below
+                g = gathered[:n * layer.weight.shape[0]]
+                torch.index_select(below, 0, ring.taps[phase][lo:hi].view(-1),
+                                   out=g.view(-1, below.shape[1]))
+                start = phase * ring.rows + lo
+                out = logits[:n] if ring is last else ring.out[start:start + n]
+                torch.addmm(layer.bias, g.view(n, -1), layer.weight, out=out).floor_()
+                if ring.skip is not None:
+                    out += ring.skip_source.index_select(0, ring.skip[phase][lo:hi])
                 out.clamp_(0.0 if layer.relu else -ACT_LIMIT, ACT_LIMIT)
-                if i < last:
-                    planes[phase][i + 1].index_copy_(0, rows, out)
-                    continue
-                decoded = torch.as_tensor(decode_step(out), dtype=torch.int64)
-                symbols[rows * plan.extents[-1].width + (t - ring.row_times[rows])] = decoded
-                planes[phase][0][ring.input[rows], 0] = self.center_ints[decoded]
+            if last.lo[k] == last.hi[k]:
+                continue
+            # Coding order within a step: by flat index, i.e. by row.
+            rows = last.order[last.lo[k]:last.hi[k]]
+            by_row = np.argsort(rows)
+            symbols = np.asarray(decode_step(logits[torch.from_numpy(by_row)]),
+                                 dtype=np.int64)
+            inputs[phase * input_rows + last.input[rows[by_row]], 0] = center_ints[symbols]
+            decoded.append(symbols)
+        symbols = torch.empty(plan.extents[-1].size, dtype=torch.int64)
+        symbols[plan.coding_order] = torch.from_numpy(np.concatenate(decoded))
         return symbols.view(shape)
 
 
+@dataclass
+class _Slabs:
+    """A layer's output for the encoder, kept by depth slice: slice d in plane
+    (d - extent.d0) % planes of `values` (planes x height x width rows, channels)."""
+
+    extent: _Extent
+    planes: int
+    values: torch.Tensor
+
+    def plane(self, d: int) -> int:
+        """The first row of slice d."""
+        return (d - self.extent.d0) % self.planes * self.extent.height * self.extent.width
+
+
+class _SlabComputation:
+    """Computes one layer's depth slice d from the slices below (and its skip's slice d)."""
+
+    def __init__(self, layer: _Layer, below: _Slabs, out: _Slabs, chunk: int,
+                 skip: _Slabs | None) -> None:
+        self.layer, self.below, self.out, self.skip = layer, below, out, skip
+        e, b = out.extent, below.extent
+        od, oh, ow = layer.offsets.T
+        self.tap_depths = od
+        # Rows below of each output row's first position plus its taps along the row, to which
+        # the tap's slice below adds its plane.
+        self.row_starts = torch.from_numpy(
+            (np.arange(e.height) + e.h0 - b.h0) * b.width + e.w0 - b.w0)[:, None, None]
+        self.along = torch.arange(e.width)[:, None] + torch.from_numpy(oh * b.width + ow)
+        if skip is not None:
+            s = skip.extent
+            self.skip_rows = torch.from_numpy(
+                (np.arange(e.height) + e.h0 - s.h0) * s.width + e.w0 - s.w0)[:, None] \
+                + torch.arange(e.width)
+        self.rows = max(1, chunk // e.width)
+
+    def __call__(self, d: int) -> None:
+        e, layer = self.out.extent, self.layer
+        if not e.d0 <= d < e.d0 + e.depth:
+            return
+        taps = self.along + torch.tensor([self.below.plane(d + od) for od in self.tap_depths])
+        start = self.out.plane(d)
+        for r0 in range(0, e.height, self.rows):
+            r1 = min(r0 + self.rows, e.height)
+            gathered = self.below.values.index_select(
+                0, (self.row_starts[r0:r1] + taps).view(-1))
+            out = self.out.values[start + r0 * e.width:start + r1 * e.width]
+            torch.addmm(layer.bias, gathered.view(len(out), -1), layer.weight,
+                        out=out).floor_()
+            if self.skip is not None:
+                out += self.skip.values.index_select(
+                    0, (self.skip_rows[r0:r1] + self.skip.plane(d)).view(-1))
+            out.clamp_(0.0 if layer.relu else -ACT_LIMIT, ACT_LIMIT)
+
+
+def _ring_size(layers: list[_Layer], reach: int) -> int:
+    """Steps the decoder's buffers keep: one more than the farthest tap back of any layer."""
+    return 1 - min(int(_wavefront_time(*layer.offsets.T, reach).min()) for layer in layers)
+
+
 class _Ring:
-    """The decoder's view of layer i. Each layer's output (and the padded input) is kept for
-    the last `size` wavefront steps only, as planes of its (depth, height) rows: the position
-    of row r at step t (w = t - the row's time at w = 0) lies in plane t % size, row r. Taps
-    lie at most size - 1 steps back, so the buffers stay small and in cache, and a decode
+    """The decoder's view of layer i. Each layer's output is kept for the last `size`
+    wavefront steps only, in planes of its (depth, height) rows: the position of row r at
+    step t (w = t - the row's time at w = 0) lies in plane t % size. Within a plane the rows
+    are sorted by their time at w = 0 (order), so the rows of a step, those whose time lies in
+    (t - w0 - width, t - w0], are one block [lo, hi) that the matrix product writes in place.
+    Taps lie at most size - 1 steps back, so the buffers stay small and in cache, and a decode
     that stops early has touched little memory, however wide its image.
 
-    step(t): layer i's rows computed at step t (in coding order for the last layer) and the
-    rows below them in the layer below, or None; + taps[t % size]: the flat buffer indices of
-    their taps. skip[r]: row r's skip row; input[r] (last layer): the padded input's row of
-    its symbol; row_times[r]: its time at w = 0."""
+    taps[t % size][j]: the buffer slots below of the taps of sorted row j at step t;
+    skip[t % size][j]: those of its skip; input[r]: the padded input's row of (unsorted) row r
+    (the last layer's symbols are written there)."""
 
-    def __init__(self, layers: list[_Layer], plan: _Plan, i: int, size: int) -> None:
-        layer, below, extent = layers[i], plan.extents[i], plan.extents[i + 1]
-        a, b = _wavefront_coefficients(plan.reach)
-        d, h = np.divmod(np.arange(extent.depth * extent.height), extent.height)
-        d, h = d + extent.d0, h + extent.h0
-        row_times = a * d + b * h
-        self.row_times = torch.from_numpy(row_times)
-        self.below = torch.from_numpy(_rows(below, d, h))
+    below: torch.Tensor  # the decoder's buffers: the layer below's output (or the input),
+    out: torch.Tensor  # this layer's (hidden layers only),
+    skip_source: torch.Tensor  # and its skip's source
+
+    _FILL_ROWS = 2048
+
+    def __init__(self, plan: _Plan, i: int, size: int) -> None:
+        layer, below, extent = plan.layers[i], plan.extents[i], plan.extents[i + 1]
+        self.layer = layer
+        d, h, row_times = _row_times(extent, plan.reach)
+        self.order = np.argsort(row_times, kind="stable")
+        times = row_times[self.order]
+        self.rows = len(self.order)
+        self.input = _rows(plan.extents[0], d, h)
+        self.lo = np.searchsorted(times, plan.steps - extent.w0 - extent.width + 1).tolist()
+        self.hi = np.searchsorted(times, plan.steps - extent.w0, side="right").tolist()
+        self.most_rows = max(h - lo for lo, h in zip(self.lo, self.hi, strict=True))
+        d, h = d[self.order], h[self.order]
         od, oh, ow = layer.offsets.T
-        lags = _wavefront_time(od, oh, ow, plan.reach)
-        self.taps = [torch.from_numpy(od * below.height + oh + (phase + lags) % size
-                                      * below.depth * below.height) for phase in range(size)]
-        self.skip = None if layer.skip_from is None else torch.from_numpy(
-            _rows(plan.extents[layer.skip_from + 1], d, h))
-        self.last = i == len(layers) - 1
-        if self.last:
-            self.input = torch.from_numpy(_rows(plan.extents[0], d, h))
-        # Rows of step t: those whose time at w = 0 lies in (t - w0 - width, t - w0].
-        order = np.argsort(row_times, kind="stable")
-        times = row_times[order]
-        self._order = torch.from_numpy(order)
-        self._below_in_order = self.below[self._order]
-        self._skip_in_order = None if self.skip is None else self.skip[self._order]
-        self._first = int(plan.steps[0])
-        self._lo = np.searchsorted(times, plan.steps - extent.w0 - extent.width + 1).tolist()
-        self._hi = np.searchsorted(times, plan.steps - extent.w0, side="right").tolist()
+        self.rows_below = below.depth * below.height
+        # Rows below in the sorted order of layer i - 1 (the padded input keeps its own).
+        rank = _sorted_rank(plan, i - 1) if i else np.arange(self.rows_below)
+        self._taps = torch.from_numpy(rank[_rows(below, d, h)[:, None] + od * below.height + oh])
+        self._tap_planes = torch.from_numpy(
+            (np.arange(size)[:, None] + _wavefront_time(od, oh, ow, plan.reach)) % size
+            * self.rows_below)[:, None]
+        # One copy per plane (row count x taps x size), so that a step needs no index
+        # arithmetic, filled as the decode reaches its rows (a refused file costs little).
+        self.taps = torch.empty(size, self.rows, len(od), dtype=torch.int64)
+        self.filled = 0
+        self.skip = None
+        if layer.skip_from is not None:
+            source = plan.extents[layer.skip_from + 1]
+            skip = _sorted_rank(plan, layer.skip_from)[_rows(source, d, h)]
+            self.skip = [torch.from_numpy(skip + phase * source.depth * source.height)
+                         for phase in range(size)]
 
-    @staticmethod
-    def size(layers: list[_Layer], reach: int) -> int:
-        """Steps the buffers keep: one more than the farthest tap back of any layer."""
-        return 1 - min(int(_wavefront_time(*layer.offsets.T, reach).min())
-                       for layer in layers)
+    def fill(self, rows: int) -> None:
+        """Make taps[:, :rows] (and some rows more) valid."""
+        end = min(self.rows, max(rows, self.filled + self._FILL_ROWS))
+        self.taps[:, self.filled:end] = self._taps[self.filled:end] + self._tap_planes
+        self.filled = end
 
-    def step(self, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
-        lo, hi = self._lo[t - self._first], self._hi[t - self._first]
-        if lo == hi:
-            return None
-        if self.last:  # coding order: by flat index, i.e. by row
-            rows = torch.sort(self._order[lo:hi]).values
-            return rows, self.below[rows], None if self.skip is None else self.skip[rows]
-        return (self._order[lo:hi], self._below_in_order[lo:hi],
-                None if self.skip is None else self._skip_in_order[lo:hi])
+
+def _row_times(extent: _Extent, reach: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The depth and height of an extent's (depth, height) rows and their wavefront times at
+    w = 0."""
+    d, h = np.divmod(np.arange(extent.depth * extent.height), extent.height)
+    d, h = d + extent.d0, h + extent.h0
+    return d, h, _wavefront_time(d, h, 0, reach)
+
+
+def _sorted_rank(plan: _Plan, i: int) -> np.ndarray:
+    """rank[r]: the position of layer i's row r in its planes (rows sorted by time)."""
+    order = np.argsort(_row_times(plan.extents[i + 1], plan.reach)[2], kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return rank
 
 
 def _rows(extent: _Extent, d: np.ndarray, h: np.ndarray) -> np.ndarray:
