@@ -93,10 +93,12 @@ class ResidualBlock(nn.Module):
         self.activation = activation
 
     def forward(self, x: Tensor) -> Tensor:
+        # In place where nothing keeps the tensor for backward (BatchNorm keeps its input, not
+        # its output): the same numbers with fewer 25 MB allocations per training step.
         y = self.bn1(self.conv1(x))
         if self.activation:
-            y = torch.relu(y)
-        return x + self.bn2(self.conv2(y))
+            y = y.relu_()
+        return self.bn2(self.conv2(y)).add_(x)
 
 
 class ResidualTrunk(nn.Module):
@@ -114,12 +116,12 @@ class ResidualTrunk(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         y = x
         for group in self.groups:
-            y = y + group(y)
-        return x + self.final(y)
+            y = group(y).add_(y)  # a block's output is used only here
+        return self.final(y).add_(x)
 
 
 def _conv_bn_relu(conv: nn.Module, n: int, momentum: float, eps: float) -> nn.Sequential:
-    return nn.Sequential(conv, _bn(n, momentum, eps), nn.ReLU())
+    return nn.Sequential(conv, _bn(n, momentum, eps), nn.ReLU(inplace=True))
 
 
 class Normalizer(nn.Module):

@@ -12,13 +12,16 @@ quantizes identical float64 inputs identically.
 The integer network is derived from the classifier's own description of its layers
 (ProbClassifier.layers): any depth, width, kernel size and residual skips.
 
-Speed: encoding computes all logits in one pass over the volume. Decoding follows a wavefront
-t = 4*c + 2*h + w (for 3x3 kernels): every position of every layer is computed exactly
-once, at step t, from cached activations of the layers below (the idea of Fast PixelCNN++),
-and all symbols of a step are decoded together. A Kodak image (C=32 x 64 x 96 symbols)
-takes 376 steps. The caches keep only the last few steps of each layer (_Ring), so they stay
-in the processor's cache; weights are pre-scaled by powers of two (_Layer), so a layer is
-one gather, one matrix product, floor and clamp.
+Speed: a layer is one gather of its taps, one matrix product, floor and clamp (weights are
+pre-scaled by powers of two, _Layer), on as many positions at once as the order allows.
+Encoding computes all logits in one pass, depth slice by depth slice through all layers,
+so hidden layers keep only the slices the next one reads (_Slabs). Decoding follows a
+wavefront t = 4*c + 2*h + w (for 3x3 kernels): every position of every layer is computed
+exactly once, at step t, from cached activations of the layers below (the idea of Fast
+PixelCNN++), and all symbols of a step are decoded together. A Kodak image (C=32 x 64 x 96
+symbols) takes 376 steps. Each layer keeps only its last few steps (_Ring), with rows sorted
+so that a step's outputs are one block written in place, and its taps' buffer slots
+precomputed: per step and layer, no index arithmetic and no allocation.
 
 Hostile payloads: decoding stops with BitstreamError as soon as the symbols decoded carry more
 information than the payload can hold (_PayloadReader). The decoder's index arrays and caches

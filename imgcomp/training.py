@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import datetime
 import io
 import itertools
@@ -57,24 +56,6 @@ def skip_matches(pattern: str, name: str, state: dict[str, Any]) -> bool:
     return pattern in name or pattern in state.get("tf_names", {}).get(name, "")
 
 
-# glibc's mallopt parameter for the size from which allocations get pages of their own.
-_M_MMAP_THRESHOLD = -3
-# Below this, allocations stay on the heap: mapping the small tensors too (glibc's initial
-# 128 KiB) halved the throughput of the cpu/ and gpu/ configs.
-_MMAP_THRESHOLD_BYTES = 16 * 1024 * 1024
-
-
-def keep_large_allocations_out_of_the_heap() -> None:
-    """Fix glibc's mmap threshold at 16 MiB. By default glibc raises it to the size of each
-    large block freed (up to 32 MiB), after which the training step's activations (25 MB
-    each at the paper's batch) come from the heap, which fragments and never shrinks: peak
-    RSS at the paper's setting drops from 8.6 to 4.8 GB with it fixed. A no-op where the C
-    library has no mallopt."""
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    if mallopt is not None:
-        mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
-
-
 class Trainer:
     """Holds model and optimizers; one `train_step` per batch.
 
@@ -89,7 +70,6 @@ class Trainer:
         world: World | None = None,
     ) -> None:
         world = world or World()
-        keep_large_allocations_out_of_the_heap()
         self.ae_cfg, self.pc_cfg, self.device, self.world = ae_cfg, pc_cfg, device, world
         self.model = ImageCodec.from_configs(ae_cfg, pc_cfg).to(device)
         self.forward = self.model

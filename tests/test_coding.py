@@ -122,8 +122,9 @@ def test_integer_model_refuses_what_it_cannot_code_exactly():
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1), (2, 3, 2), (3, 5, 4), (4, 9, 13), (2, 1, 17),
-                                   (6, 12, 1)])
+                                   (6, 12, 1), (5, 420, 3)])
 def test_symbol_round_trip(shape):
+    """(5, 420, 3): more rows than the decoder fills its tap tables for at once."""
     _, _, model = _context_model()
     symbols = torch.randint(0, 6, shape, generator=torch.Generator().manual_seed(sum(shape)))
     words, bits = encode_symbols(model, symbols)
