@@ -106,10 +106,6 @@ class _Layer:
     relu: bool
     skip_from: int | None  # its output += that earlier layer's output (aligned), before relu
 
-    @property
-    def in_channels(self) -> int:
-        return self.weight.shape[0] // len(self.offsets)
-
 
 def _integer_layer(layer: ContextLayer) -> _Layer:
     conv = layer.conv
@@ -150,10 +146,7 @@ class _Extent:
     def wavefront(self, t0: int, t1: int, reach: int) -> tuple[np.ndarray, np.ndarray]:
         """Flat indices and wavefront times of the positions at times t0 <= t < t1, in coding
         order (by time, then flat index), made row by row without visiting the others."""
-        a, b = _wavefront_coefficients(reach)
-        d = np.arange(self.depth)[:, None] + self.d0
-        h = np.arange(self.height) + self.h0
-        row_time = (a * d + b * h).ravel()  # the time of w = 0 in each (d, h) row
+        row_time = _row_times(self, reach)[2]  # the time of w = 0 in each (d, h) row
         w_lo = np.clip(t0 - row_time, self.w0, self.w0 + self.width)
         w_hi = np.clip(t1 - row_time, self.w0, self.w0 + self.width)
         counts = w_hi - w_lo
@@ -258,7 +251,9 @@ class IntegerContextModel:
         decode."""
         plan = self.plan(shape)
         size = _ring_size(self.layers, self.reach)
-        rings = [_Ring(plan, i, size) for i in range(len(self.layers))]
+        rings: list[_Ring] = []
+        for i in range(len(self.layers)):
+            rings.append(_Ring(plan, i, size, rings))
         input_rows = rings[0].rows_below
         inputs = np.full((size * input_rows, 1), self.pad_int)
         # Each layer reads the buffer below and writes its own; the last one, the logits.
@@ -389,22 +384,25 @@ class _Ring:
 
     _FILL_ROWS = 2048
 
-    def __init__(self, plan: _Plan, i: int, size: int) -> None:
+    def __init__(self, plan: _Plan, i: int, size: int, earlier: list[_Ring]) -> None:
+        """`earlier`: the rings of layers 0 .. i - 1 (their row orders)."""
         layer, below, extent = plan.layers[i], plan.extents[i], plan.extents[i + 1]
         self.layer = layer
         d, h, row_times = _row_times(extent, plan.reach)
         self.order = np.argsort(row_times, kind="stable")
+        self.rank = np.empty_like(self.order)  # rank[r]: where row r lies in a plane
+        self.rank[self.order] = np.arange(len(self.order))
         times = row_times[self.order]
         self.rows = len(self.order)
         self.input = _rows(plan.extents[0], d, h)
         self.lo = np.searchsorted(times, plan.steps - extent.w0 - extent.width + 1).tolist()
         self.hi = np.searchsorted(times, plan.steps - extent.w0, side="right").tolist()
-        self.most_rows = max(h - lo for lo, h in zip(self.lo, self.hi, strict=True))
+        self.most_rows = max(hi - lo for lo, hi in zip(self.lo, self.hi, strict=True))
         d, h = d[self.order], h[self.order]
         od, oh, ow = layer.offsets.T
         self.rows_below = below.depth * below.height
         # Rows below in the sorted order of layer i - 1 (the padded input keeps its own).
-        rank = _sorted_rank(plan, i - 1) if i else np.arange(self.rows_below)
+        rank = earlier[i - 1].rank if i else np.arange(self.rows_below)
         self._taps = torch.from_numpy(rank[_rows(below, d, h)[:, None] + od * below.height + oh])
         self._tap_planes = torch.from_numpy(
             (np.arange(size)[:, None] + _wavefront_time(od, oh, ow, plan.reach)) % size
@@ -416,7 +414,7 @@ class _Ring:
         self.skip = None
         if layer.skip_from is not None:
             source = plan.extents[layer.skip_from + 1]
-            skip = _sorted_rank(plan, layer.skip_from)[_rows(source, d, h)]
+            skip = earlier[layer.skip_from].rank[_rows(source, d, h)]
             self.skip = [torch.from_numpy(skip + phase * source.depth * source.height)
                          for phase in range(size)]
 
@@ -433,14 +431,6 @@ def _row_times(extent: _Extent, reach: int) -> tuple[np.ndarray, np.ndarray, np.
     d, h = np.divmod(np.arange(extent.depth * extent.height), extent.height)
     d, h = d + extent.d0, h + extent.h0
     return d, h, _wavefront_time(d, h, 0, reach)
-
-
-def _sorted_rank(plan: _Plan, i: int) -> np.ndarray:
-    """rank[r]: the position of layer i's row r in its planes (rows sorted by time)."""
-    order = np.argsort(_row_times(plan.extents[i + 1], plan.reach)[2], kind="stable")
-    rank = np.empty_like(order)
-    rank[order] = np.arange(len(order))
-    return rank
 
 
 def _rows(extent: _Extent, d: np.ndarray, h: np.ndarray) -> np.ndarray:
