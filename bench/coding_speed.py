@@ -51,13 +51,14 @@ def main() -> None:
           f"cvpr/med-sized model, {args.threads} threads, median of {args.repeat} runs")
     model.decompress(model.compress(image[:64, :64]))  # warm-up
 
-    encodes = sorted(encode(model, image) for _ in range(args.repeat))
+    encodes = sorted((encode(model, image) for _ in range(args.repeat)), key=lambda run: run[0])
     encode_s, net_s, coding_s, symbols, data, theory_bits = encodes[len(encodes) // 2]
     print(f"encode: {encode_s:.2f} s = autoencoder {net_s:.2f} s + context model and range "
           f"coding {coding_s:.2f} s ({symbols.numel()} symbols); all runs: "
           f"{' '.join(f'{run[0]:.2f}' for run in encodes)}")
 
-    decodes = sorted(decode(model, data, symbols, h, w) for _ in range(args.repeat))
+    decodes = sorted((decode(model, data, symbols, h, w) for _ in range(args.repeat)),
+                     key=lambda run: run[0])
     decode_s, wavefront_s, tables_s, net_s = decodes[len(decodes) // 2]
     steps = len(model.coder()[1].plan(tuple(symbols.shape)).steps)
     print(f"decode: {decode_s:.2f} s = context model wavefront {wavefront_s:.2f} s ({steps} "

@@ -57,22 +57,39 @@ def skip_matches(pattern: str, name: str, state: dict[str, Any]) -> bool:
     return pattern in name or pattern in state.get("tf_names", {}).get(name, "")
 
 
-def release_freed_memory() -> None:
-    """Give the pages of freed heap blocks back to the OS (glibc's malloc_trim; a no-op
-    elsewhere). glibc keeps a training step's freed activations (25 MB each at the paper's
-    batch) in its heap, where blocks of other sizes split them, so the heap grows from step
-    to step: peak RSS at the paper's setting crept to 7.8-8.2 GB in 30 steps of a real run.
-    Released after every step, it stayed at 6.6 GB; the next step faults those pages back
-    in, which costs ~5-8 % of a step in bench/train_throughput.py."""
-    trim = getattr(_LIBC, "malloc_trim", None)
-    if trim is not None:
-        trim(0)
+class _MallInfo2(ctypes.Structure):
+    """glibc's struct mallinfo2 (glibc >= 2.33): heap statistics in bytes."""
+
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
 
 
 try:
     _LIBC = ctypes.CDLL(None)
 except (OSError, TypeError):  # no C library to load this way (Windows)
     _LIBC = None
+_MALLINFO2 = getattr(_LIBC, "mallinfo2", None)
+_MALLOC_TRIM = getattr(_LIBC, "malloc_trim", None)
+if _MALLINFO2 is not None:
+    _MALLINFO2.restype = _MallInfo2
+# Free heap bytes from which a step's leftovers are given back: the paper's setting leaves
+# gigabytes; the cpu/ configs, tens of MB, whose release would cost 15 % of their step time.
+RELEASE_FREE_HEAP_BYTES = 256 * 1024 * 1024
+
+
+def release_freed_memory() -> None:
+    """Give the pages of freed heap blocks back to the OS when they add up to more than
+    RELEASE_FREE_HEAP_BYTES (glibc's mallinfo2 and malloc_trim; a no-op elsewhere). glibc
+    keeps a training step's freed activations (25 MB each at the paper's batch) in its heap,
+    where blocks of other sizes split them, so the heap grows from step to step: peak RSS
+    at the paper's setting crept to 7.8-8.2 GB in 30 steps of a real run. Released after
+    every step, it stayed at 6.6 GB; the next step faults those pages back in, which costs
+    ~5-8 % of a step in bench/train_throughput.py."""
+    if _MALLINFO2 is None or _MALLOC_TRIM is None:
+        return
+    if _MALLINFO2().fordblks > RELEASE_FREE_HEAP_BYTES:
+        _MALLOC_TRIM(0)
 
 
 class Trainer:
