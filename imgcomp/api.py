@@ -31,22 +31,44 @@ def default_model_dir() -> Path:
     return zoo.find(DEFAULT_MODEL).log_dir
 
 
-def load_model(model: str | os.PathLike = DEFAULT_MODEL, step: int = -1,
+def load_model(model: str | os.PathLike | zoo.KnownModel = DEFAULT_MODEL, step: int = -1,
                device: torch.device | str = "cpu") -> ImageCodec:
     """A model (a shipped name, a log dir or its ckpts/, or a known job id or fingerprint: see
-    imgcomp.zoo.find) at checkpoint `step` (-1: latest), in eval mode, ready to compress and
-    decompress."""
-    return load_codec(ckpt_dir_of(zoo.find(model).log_dir), step, torch.device(device))
+    imgcomp.zoo.find; or a KnownModel already found) at checkpoint `step` (-1: latest), in
+    eval mode, ready to compress and decompress."""
+    known = model if isinstance(model, zoo.KnownModel) else zoo.find(model)
+    return load_codec(ckpt_dir_of(known.log_dir), step, torch.device(device))
 
 
 @functools.lru_cache(maxsize=2)
 def _cached_model(log_dir: Path) -> ImageCodec:
-    return load_model(log_dir)
+    return load_codec(ckpt_dir_of(log_dir))
+
+
+def _lookup_key() -> tuple[str | None, str]:
+    """What a lookup depends on besides its spec: $IMGCOMP_MODELS, and the working directory
+    (a relative log dir, or a relative root in $IMGCOMP_MODELS)."""
+    return os.environ.get(zoo.MODELS_PATH_ENV), os.getcwd()
+
+
+# compress/decompress look a model up once per spec or fingerprint (a lookup scans folders).
+# Only models found are cached (lru_cache keeps no exceptions): a model added later, or one
+# made known by a new $IMGCOMP_MODELS (part of the key), is found by the next call.
+@functools.lru_cache(maxsize=16)
+def _find(spec: str, models_path: str | None, cwd: str) -> zoo.KnownModel:
+    return zoo.find(spec)
+
+
+@functools.lru_cache(maxsize=16)
+def _find_by_fingerprint(fingerprint: bytes, models_path: str | None,
+                         cwd: str) -> zoo.KnownModel:
+    return zoo.find_by_fingerprint(fingerprint)
 
 
 def compress(image: ImageLike, model: str | os.PathLike | None = None) -> bytes:
     """Compress an image with a model (see load_model; default: the shipped DEFAULT_MODEL)."""
-    return _cached_model(zoo.find(model or DEFAULT_MODEL).log_dir).compress(image)
+    known = _find(os.fspath(model or DEFAULT_MODEL), *_lookup_key())
+    return _cached_model(known.log_dir).compress(image)
 
 
 def decompress(data: bytes, model: str | os.PathLike | None = None,
@@ -55,9 +77,9 @@ def decompress(data: bytes, model: str | os.PathLike | None = None,
     carries (or `model`); BitstreamError for a file claiming more than
     `bitstream.pixel_limit(max_pixels)` pixels (see ImageCodec.decompress), UnknownModelError
     if no known model has its fingerprint."""
+    header, payload = bitstream.unpack(data, max_pixels)  # parsed and checked once
     if model is None:
-        header, _ = bitstream.unpack(data, max_pixels)
-        known = zoo.find_by_fingerprint(header.fingerprint)
+        known = _find_by_fingerprint(header.fingerprint, *_lookup_key())
     else:
-        known = zoo.find(model)
-    return _cached_model(known.log_dir).decompress(data, max_pixels)
+        known = _find(os.fspath(model), *_lookup_key())
+    return _cached_model(known.log_dir).decompress_unpacked(header, payload)

@@ -157,12 +157,13 @@ def _decode(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(str(e))
     try:
         data = Path(args.input).read_bytes()
-        header, _ = bitstream.unpack(data, max_pixels)  # refuses bad files before loading
+        # Parsed and checked once: bad files are refused before any model is looked up.
+        header, payload = bitstream.unpack(data, max_pixels)
         known = (zoo.find(args.model) if args.model
                  else zoo.find_by_fingerprint(header.fingerprint))
-        model = load_model(known.log_dir, args.step, device)
+        model = load_model(known, args.step, device)  # the model found, not looked up again
         start = time.perf_counter()
-        image = model.decompress(data, max_pixels)
+        image = model.decompress_unpacked(header, payload)
         write_image(args.output, image)
         print(f"{args.input} -> {args.output} ({image.shape[1]}x{image.shape[0]}, model "
               f"{known.name}), {time.perf_counter() - start:.2f} s")

@@ -33,7 +33,8 @@ from typing import Any
 
 from imgcomp.config_schema import ConfigSchema
 
-__all__ = ["Config", "ConfigError", "config_job_name", "config_to_text", "load_config"]
+__all__ = ["Config", "ConfigError", "config_job_name", "config_to_text", "load_config",
+           "load_config_with_notes"]
 
 _CONFIG_ROOT_DIRS = ("ae_configs", "pc_configs")
 
@@ -294,7 +295,19 @@ def load_config(path: str | os.PathLike, schema: ConfigSchema | None = None, *,
 
     With a schema: a name it does not declare is an error at its first assignment, a value of
     the wrong type one at its last; the original's keys the port does not use are accepted
-    and, with `note_unused`, named in one console line, as train.py's ignored flags."""
+    and, with `note_unused`, named in one console line, as train.py's ignored flags (printed;
+    load_config_with_notes returns the notes instead)."""
+    config, notes = load_config_with_notes(path, schema)
+    if note_unused:
+        for note in notes:
+            print(f"note: {note}")
+    return config
+
+
+def load_config_with_notes(path: str | os.PathLike, schema: ConfigSchema | None = None
+                           ) -> tuple[Config, list[str]]:
+    """load_config, printing nothing: the config and its notes (console lines without the
+    `note: ` prefix; with a schema, the original's keys the port does not use)."""
     path = Path(os.path.abspath(path))
     if not path.is_file():
         raise ConfigError(f"{path}: config file does not exist")
@@ -328,14 +341,14 @@ def load_config(path: str | os.PathLike, schema: ConfigSchema | None = None, *,
                 stmt.lineno,
                 f"{name} = {values[name]!r} violates 'constrain {name} :: {cstmt.text}' ({where})",
             )
-    if schema is not None:
-        _check_schema(schema, path, statements, values, assigned_at, note_unused)
-    return Config(values, path)
+    notes = [] if schema is None else _check_schema(schema, path, statements, values,
+                                                    assigned_at)
+    return Config(values, path), notes
 
 
 def _check_schema(schema: ConfigSchema, path: Path, statements: list[_Statement],
-                  values: dict[str, Any], assigned_at: dict[str, _Statement],
-                  note_unused: bool) -> None:
+                  values: dict[str, Any], assigned_at: dict[str, _Statement]) -> list[str]:
+    """Raise ConfigError for an undeclared key or a wrong type; the notes on unused keys."""
     for stmt in statements:
         if stmt.kind == "assign" and (problem := schema.unknown_key_problem(stmt.name)):
             raise _err(stmt.path, stmt.lineno, problem)
@@ -343,9 +356,8 @@ def _check_schema(schema: ConfigSchema, path: Path, statements: list[_Statement]
         if problem := schema.type_problem(name, value):
             raise _err(assigned_at[name].path, assigned_at[name].lineno, problem)
     unused = [name for name in values if name in schema.unused_original_keys]
-    if unused and note_unused:
-        print(f"note: {path}: {', '.join(unused)}: keys of the original's {schema.kind} configs "
-              "that the port does not use; ignored")
+    return [f"{path}: {', '.join(unused)}: keys of the original's {schema.kind} configs that "
+            "the port does not use; ignored"] if unused else []
 
 
 # ---------------------------------------------------------------------------- writing

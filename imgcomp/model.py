@@ -146,7 +146,11 @@ class ImageCodec(nn.Module):
                        ) -> tuple[Header, Tensor]:
         """The header and the (C, h, w) symbols of a file; BitstreamError if undecodable, or
         if its image has more pixels than `bitstream.pixel_limit(max_pixels)`."""
-        header, payload = unpack(data, max_pixels)
+        return self.decode_unpacked(*unpack(data, max_pixels))
+
+    def decode_unpacked(self, header: Header, payload: bytes) -> tuple[Header, Tensor]:
+        """decode_symbols for a file already parsed and checked by `bitstream.unpack` (its
+        header and payload), so a caller that read the header need not parse it again."""
         fingerprint, context = self.coder()
         if header.fingerprint != fingerprint:
             raise BitstreamError(f"file was compressed with another model (fingerprint "
@@ -171,7 +175,12 @@ class ImageCodec(nn.Module):
         """Compressed bytes -> H x W x 3 uint8 image; BitstreamError if undecodable, or if the
         image has more pixels than `bitstream.pixel_limit(max_pixels)` (a decompression-bomb
         guard; by default $IMGCOMP_MAX_PIXELS if set, else bitstream.MAX_PIXELS)."""
-        header, symbols = self.decode_symbols(data, max_pixels)
+        return self.decompress_unpacked(*unpack(data, max_pixels))
+
+    def decompress_unpacked(self, header: Header, payload: bytes) -> np.ndarray:
+        """decompress for a file already parsed and checked by `bitstream.unpack` (its header
+        and payload, e.g. read to pick the model by fingerprint)."""
+        header, symbols = self.decode_unpacked(header, payload)
         with _out_of_memory_as_bitstream_error(header):
             return self.reconstruct(symbols, header.height, header.width)
 

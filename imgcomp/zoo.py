@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,9 @@ from imgcomp.checkpoint import (
 )
 
 MODELS_PATH_ENV = "IMGCOMP_MODELS"
+# A fingerprint as `find` takes it: the hex of bitstream.model_fingerprint's 8 bytes. Only such
+# a spec is matched against fingerprints, which loads every non-shipped model's weights.
+_FINGERPRINT_RE = re.compile(r"[0-9a-fA-F]{16}")
 
 
 class UnknownModelError(CheckpointError):
@@ -159,12 +163,13 @@ def fingerprint_of(log_dir: str | os.PathLike, step: int = -1) -> str:
 
 
 def _describe(models: list[KnownModel]) -> str:
-    return ", ".join(f"{m.name}: {m.fingerprint}" for m in models) or "none"
+    """The models' names (a job id for a log dir not shipped): no weights are loaded."""
+    return ", ".join(m.name for m in models) or "none"
 
 
 def find(spec: str | os.PathLike) -> KnownModel:
     """The model named by `spec`: a shipped name, a log dir path (or its ckpts/), a job id or a
-    hex fingerprint of a known model; UnknownModelError if none."""
+    hex fingerprint (16 digits) of a known model; UnknownModelError if none."""
     spec_text = os.fspath(spec)
     shipped = shipped_models()
     for model in shipped:
@@ -179,12 +184,13 @@ def find(spec: str | os.PathLike) -> KnownModel:
     for model in known:
         if model.job_id == spec_text:
             return model
-    for model in known:
-        if model.fingerprint == spec_text.lower():
-            return model
+    if _FINGERPRINT_RE.fullmatch(spec_text):
+        for model in known:
+            if model.fingerprint == spec_text.lower():
+                return model
     raise UnknownModelError(f"no model {spec_text!r}: not a shipped name, a log dir, or the job "
-                            f"id or fingerprint of a known model ({_describe(known)}; more "
-                            f"with ${MODELS_PATH_ENV})")
+                            f"id or fingerprint of a known model (known: {_describe(known)}; "
+                            f"more with ${MODELS_PATH_ENV}; `imgcomp models` lists them)")
 
 
 def find_by_fingerprint(fingerprint: bytes) -> KnownModel:
@@ -196,5 +202,6 @@ def find_by_fingerprint(fingerprint: bytes) -> KnownModel:
         if model.fingerprint == wanted:
             return model
     raise UnknownModelError(f"no known model has fingerprint {wanted} (known: "
-                            f"{_describe(known)}); name its log dir as the model, or add the "
-                            f"folder holding it to ${MODELS_PATH_ENV}")
+                            f"{_describe(known)}; `imgcomp models` lists their fingerprints); "
+                            f"name its log dir as the model, or add the folder holding it to "
+                            f"${MODELS_PATH_ENV}")

@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 
 from imgcomp import checkpoint as ckpt
-from imgcomp.config import Config, ConfigError, config_job_name, config_to_text, load_config
+from imgcomp.config import (
+    Config,
+    ConfigError,
+    config_job_name,
+    config_to_text,
+    load_config,
+    load_config_with_notes,
+)
 from imgcomp.config_schema import AE_SCHEMA, PC_SCHEMA, SCHEMAS, ConfigSchema
 
 REPO = Path(__file__).resolve().parents[1]
@@ -672,6 +679,11 @@ def test_unused_key_of_the_original_is_accepted_and_noted_once(
                    "keys of the original's pc configs that the port does not use; ignored\n")
     load_config(path, PC_SCHEMA, note_unused=False)
     load_config(REPO / "ae_configs/cvpr/med", AE_SCHEMA)
+    assert capsys.readouterr().out == ""
+    # The notes returned instead, for train.py's console log: nothing printed.
+    assert load_config_with_notes(path, PC_SCHEMA) == (cfg, [out.removeprefix("note: ").strip()])
+    assert load_config_with_notes(REPO / "ae_configs/cvpr/med", AE_SCHEMA)[1] == []
+    assert load_config_with_notes(path)[1] == []  # without a schema no key is unused
     assert capsys.readouterr().out == ""
 
 

@@ -44,8 +44,32 @@ def test_find_by_name_job_id_path_or_fingerprint():
         assert zoo.find(spec) == hi, spec
     assert zoo.find_by_fingerprint(bytes.fromhex(hi.fingerprint)) == hi
     assert api.DEFAULT_JOB == zoo.find(api.DEFAULT_MODEL).job_id == "1126_0305_2"
-    with pytest.raises(UnknownModelError, match="no model 'huge'.*low: a7c36926f8c5f1cd"):
+    with pytest.raises(UnknownModelError, match=r"no model 'huge'.*\(known: low, med, hi;"):
         zoo.find("huge")
+
+
+def test_a_misspelt_name_loads_no_weights(trained_log_dir, monkeypatch):
+    """Only a spec shaped like a fingerprint (16 hex digits) is matched against fingerprints,
+    the one lookup that loads the weights of the models not shipped; the error names models
+    by name or job id, so it loads none either."""
+    monkeypatch.setenv(zoo.MODELS_PATH_ENV, str(trained_log_dir.parent))
+    loads = []
+    fingerprint_of = zoo.fingerprint_of
+    monkeypatch.setattr(zoo, "fingerprint_of", lambda *a: loads.append(a) or fingerprint_of(*a))
+    job_id = zoo.job_id_of(trained_log_dir)
+    for spec in ("hii", "abc", "0123456789abcdeg"):
+        with pytest.raises(UnknownModelError) as error:
+            zoo.find(spec)
+        assert loads == [], spec
+        assert str(error.value) == (
+            f"no model {spec!r}: not a shipped name, a log dir, or the job id or fingerprint of "
+            f"a known model (known: low, med, hi, {job_id}; more with ${zoo.MODELS_PATH_ENV}; "
+            "`imgcomp models` lists them)")
+    with pytest.raises(UnknownModelError, match="no model '0123456789abcdef'"):
+        zoo.find("0123456789abcdef")
+    assert len(loads) == 1  # a fingerprint: the one model not shipped, once
+    model = zoo.find(job_id)
+    assert zoo.find(model.fingerprint.upper()) == model
 
 
 def test_decode_finds_the_model_by_fingerprint(tmp_path, capsys):
@@ -75,7 +99,7 @@ def test_unknown_fingerprint_names_it_and_the_known_ones(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and len(err.splitlines()) == 1
     assert "fingerprint 0123456789abcdef" in err
-    assert all(f"{row.name}: {row.fingerprint}" in err for row in zoo.SHIPPED)
+    assert "(known: low, med, hi; `imgcomp models` lists their fingerprints)" in err
     assert not (tmp_path / "out.png").exists()
     with pytest.raises(UnknownModelError, match="0123456789abcdef"):
         api.decompress(forged.read_bytes())
@@ -134,3 +158,61 @@ def test_models_search_path(trained_log_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv(zoo.MODELS_PATH_ENV)
     assert cli.main(["decode", str(tmp_path / "photo.imgc"), "-o", str(tmp_path / "out.png")]) == 1
     assert f"no known model has fingerprint {fingerprint}" in capsys.readouterr().err
+
+
+def _count_calls(monkeypatch, target: str) -> list:
+    """Replace the function at dotted `target` by one that records its calls, then calls it."""
+    module, name = target.rsplit(".", 1)
+    original = getattr(__import__(module, fromlist=[name]), name)
+    calls = []
+    monkeypatch.setattr(target, lambda *a, **k: calls.append(a) or original(*a, **k))
+    return calls
+
+
+def test_api_looks_each_model_up_once(trained_log_dir, tmp_path, monkeypatch):
+    """compress/decompress scan for a model once per name or fingerprint (and per
+    $IMGCOMP_MODELS: a model made known later is found), and parse a file's header once."""
+    monkeypatch.delenv(zoo.MODELS_PATH_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)  # part of the lookups' key: none cached yet
+    api._cached_model.cache_clear()
+    photo = _write_photo(tmp_path / "photo.png", 16, 16)
+    low_dir = zoo.find("low").log_dir
+    scans = _count_calls(monkeypatch, "imgcomp.zoo.shipped_models")
+    data = api.compress(str(photo), model="low")
+    assert api.compress(str(photo), model="low") == data and len(scans) == 1
+    unpacks = _count_calls(monkeypatch, "imgcomp.bitstream.unpack")
+    monkeypatch.setattr("imgcomp.model.unpack", bitstream.unpack)  # the same counter
+    decoded = api.decompress(data)
+    assert len(unpacks) == 1 and len(scans) == 2
+    assert np.array_equal(api.decompress(data), decoded)
+    assert np.array_equal(api.decompress(data, model="low"), decoded)
+    assert len(unpacks) == 3 and len(scans) == 2  # "low" was looked up by compress
+    assert np.array_equal(api.decompress(data, model=low_dir), decoded)
+    scanned = len(scans)  # a new spec: looked up
+    assert np.array_equal(api.decompress(data, model=low_dir), decoded)
+    assert scanned > 2 and len(scans) == scanned and len(unpacks) == 5
+
+    # Failed lookups are not cached, and $IMGCOMP_MODELS keys the cache.
+    ours = api.load_model(trained_log_dir).compress(str(photo))
+    with pytest.raises(UnknownModelError):
+        api.decompress(ours)
+    monkeypatch.setenv(zoo.MODELS_PATH_ENV, str(trained_log_dir.parent))
+    assert api.decompress(ours).shape == (16, 16, 3)
+    monkeypatch.delenv(zoo.MODELS_PATH_ENV)
+    with pytest.raises(UnknownModelError):
+        api.decompress(ours)
+
+
+def test_decode_looks_the_model_up_once(tmp_path, monkeypatch, capsys):
+    photo = _write_photo(tmp_path / "photo.png")
+    assert cli.main(["encode", "-m", "low", str(photo), "-o", str(tmp_path / "photo.imgc")]) == 0
+    finds = _count_calls(monkeypatch, "imgcomp.zoo.find")
+    by_fingerprint = _count_calls(monkeypatch, "imgcomp.zoo.find_by_fingerprint")
+    unpacks = _count_calls(monkeypatch, "imgcomp.bitstream.unpack")
+    monkeypatch.setattr("imgcomp.model.unpack", bitstream.unpack)  # the same counter
+    out = str(tmp_path / "out.png")
+    assert cli.main(["decode", str(tmp_path / "photo.imgc"), "-o", out]) == 0
+    assert (len(finds), len(by_fingerprint), len(unpacks)) == (0, 1, 1)
+    assert cli.main(["decode", "-m", "low", str(tmp_path / "photo.imgc"), "-o", out]) == 0
+    assert (len(finds), len(by_fingerprint), len(unpacks)) == (1, 1, 2)
+    assert capsys.readouterr().out.count("model low") == 2
