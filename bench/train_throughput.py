@@ -10,6 +10,7 @@ Last line: cvpr_med_img_s=X cvpr_med_peak_rss_gb=M ... for each case run.
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -38,13 +39,16 @@ def measure(case: str, steps: int, batch: int | None) -> None:
     gen = torch.Generator().manual_seed(0)
     batches = [torch.rand(batch, 3, h, w, generator=gen) * 255 for _ in range(steps + 1)]
     trainer.train_step(batches[0])  # warm-up: allocator, kernel selection
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     start = time.perf_counter()
     for x in batches[1:]:
         trainer.train_step(x)
     seconds = time.perf_counter() - start
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
     params = sum(p.numel() for p in trainer.model.parameters())
     print(f"{ae_path} + {pc_path}: crop {h}x{w}, batch {batch}, {params:,} parameters: "
-          f"{seconds / steps:.2f} s/step, {steps * batch / seconds:.2f} img/s", flush=True)
+          f"{seconds / steps:.2f} s/step, {steps * batch / seconds:.2f} img/s, {faults:,.0f} "
+          f"page faults/step, heap released {trainer.heap.releases} time(s)", flush=True)
     print(f"img_s={steps * batch / seconds}", flush=True)
 
 

@@ -1,6 +1,8 @@
 """Loss, optimization and train.py end to end (tiny configs, few steps, small images)."""
 
+import argparse
 import copy
+import logging
 import os
 import re
 import signal
@@ -13,6 +15,7 @@ import pytest
 import torch
 
 from imgcomp import checkpoint as ckpt
+from imgcomp import config as config_module
 from imgcomp import optimization, training
 from imgcomp.config import Config, load_config
 from imgcomp.losses import compute_loss
@@ -70,6 +73,40 @@ def test_train_switches_freeze_parts(tiny_configs):
     pc_after = list(trainer.model.probclass.parameters())
     assert all(torch.equal(a, b) for a, b in zip(ae_before, ae_after, strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(pc_before, pc_after, strict=True))
+
+
+def test_training_heap_keeps_freed_blocks_and_releases_them_only_on_growth(monkeypatch):
+    calls = []
+    monkeypatch.setattr(training, "_MALLOPT", lambda param, value: calls.append(
+        (param, value)) or value < 1 << 30)  # refuses 1 GiB, as an old glibc might
+    # (now, peak) bytes after steps 1..4: the first step's peak sets the limit
+    resident = iter([(700, 1000), (1240, 1240), (1300, 1300), (1300, 1300)])
+    free_heap = iter([10**9, 10**3])  # free heap at the two checks over the limit
+    trims = []
+    monkeypatch.setattr(training, "resident_bytes", lambda: next(resident))
+    monkeypatch.setattr(training, "_MALLINFO2",
+                        lambda: type("Info", (), {"fordblks": next(free_heap)}))
+    monkeypatch.setattr(training, "_MALLOC_TRIM", trims.append)
+    heap = training.TrainingHeap()
+    # No automatic trimming; large blocks stay in the heap (32 MiB when 1 GiB is refused).
+    assert calls == [(-1, -1), (-3, 1 << 30), (-3, 32 << 20)]
+    heap.after_step()  # step 1 sets the limit: 25 % over its peak
+    assert heap.limit == 1250 and trims == []
+    heap.after_step()  # 1240: within the limit
+    assert trims == []
+    heap.after_step()  # 1300 with a gigabyte free: given back
+    assert trims == [0] and heap.releases == 1
+    heap.after_step()  # 1300 with little free: nothing to give back
+    assert trims == [0]
+
+
+def test_train_step_frees_gradients_after_the_update(tiny_configs):
+    trainer = training.Trainer(*tiny_configs, torch.device("cpu"), num_train_images=100)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.train_step(torch.rand(2, 3, 32, 32) * 255)
+    assert all(p.grad is None for p in trainer.model.parameters())
+    assert not all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(),
+                                                     strict=True))
 
 
 def test_staircase_lr_schedule():
@@ -166,6 +203,39 @@ def test_train_from_glob_writes_log_dir_checkpoint_and_events(run_train, tiny_co
     assert len(re.findall(r" img/s  eta \d+:\d\d:\d\d\n", out)) == 3
     # train.py writes its console lines into the log dir itself.
     assert (log_dir / "console.log").read_text() == out
+
+
+def test_config_notes_go_to_the_console_log_and_nothing_else(ae_tiny, pc_tiny, monkeypatch,
+                                                             capsys):
+    """The configs' notes on unused keys become train.py's console lines (on the main rank
+    only); whatever else writes to stdout meanwhile (another thread, a library) stays there,
+    never taken for a note."""
+    read_statements = config_module._read_statements
+
+    def printing(*args):
+        print("unrelated output")
+        return read_statements(*args)
+
+    monkeypatch.setattr(config_module, "_read_statements", printing)
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    monkeypatch.setattr(training._log, "level", logging.INFO)
+    training._log.addHandler(handler)
+    try:
+        args = argparse.Namespace(ae_config=ae_tiny, pc_config=pc_tiny)
+        assert training._load_configs(args, is_main=True) == (load_config(ae_tiny),
+                                                              load_config(pc_tiny))
+        notes = [r.getMessage() for r in records]
+        capsys.readouterr()
+        training._load_configs(args, is_main=False)
+    finally:
+        training._log.removeHandler(handler)
+    assert notes == [f"note: {os.path.abspath(pc_tiny)}: arch_param__non_linearity, "
+                     "arch_param__fc, learn_pad_var: keys of the original's pc configs that the "
+                     "port does not use; ignored"]
+    assert len(records) == 1  # none on the other ranks
+    assert "unrelated output" in capsys.readouterr().out
 
 
 def test_tensorboard_tags(trained_log_dir):
