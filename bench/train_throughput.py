@@ -5,6 +5,8 @@ optimizers) and peak memory at each config's own crop size and batch size, on ra
 
 Each case runs in a child process of its own, so its peak RSS (which never decreases within
 a process) is that case's alone: model, optimizer states, one warm-up step and the timed ones.
+Each also prints the page faults per timed step and, from a forward pass in another process,
+the activation memory kept for the backward pass by each part of the model.
 Last line: cvpr_med_img_s=X cvpr_med_peak_rss_gb=M ... for each case run.
 """
 
@@ -19,6 +21,7 @@ from pathlib import Path
 import torch
 
 from imgcomp.config import load_config
+from imgcomp.losses import compute_loss
 from imgcomp.training import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,8 +32,44 @@ CASES = {
 }
 
 
-def measure(case: str, steps: int, batch: int | None) -> None:
-    """Child process: time `steps` train steps after one warm-up step; print img/s."""
+def saved_for_backward(trainer: Trainer, x: torch.Tensor) -> dict[str, int]:
+    """Bytes that a train step's forward and loss keep for the backward pass, by the part that
+    saved them (each storage counted once, for its first saver): where activation memory goes."""
+    model = trainer.model
+    parts = {"encoder": model.autoencoder.encoder, "decoder": model.autoencoder.decoder,
+             "quantizer": model.quantizer, "context model": model.probclass}
+    current = ["loss (MS-SSIM) and the rest"]
+    owner: dict[int, tuple[str, int]] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        owner.setdefault(storage.data_ptr(), (current[-1], storage.nbytes()))
+        return tensor
+
+    def leave(*_) -> None:  # a forward hook returning a value would replace the output
+        current.pop()
+
+    handles = []
+    for name, module in parts.items():
+        handles.append(module.register_forward_pre_hook(
+            lambda *_, name=name: current.append(name)))
+        handles.append(module.register_forward_hook(leave))
+    model.train()
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        compute_loss(model, model(x), x, trainer.ae_cfg, trainer.pc_cfg)
+    for handle in handles:
+        handle.remove()
+    totals = dict.fromkeys([*parts, current[0]], 0)
+    for name, nbytes in owner.values():
+        totals[name] += nbytes
+    return totals
+
+
+def measure(case: str, steps: int, batch: int | None, saved_only: bool) -> None:
+    """Child process: time `steps` train steps after one warm-up step and print img/s, or
+    (`saved_only`, in a process of its own: a forward pass without its backward would
+    leave the heap laid out differently for the steps) print the memory kept for backward."""
     ae_path, pc_path = CASES[case]
     ae_cfg, pc_cfg = load_config(ROOT / ae_path), load_config(ROOT / pc_path)
     trainer = Trainer(ae_cfg, pc_cfg, torch.device("cpu"), num_train_images=1000)
@@ -38,6 +77,11 @@ def measure(case: str, steps: int, batch: int | None) -> None:
     batch = batch or ae_cfg.batch_size
     gen = torch.Generator().manual_seed(0)
     batches = [torch.rand(batch, 3, h, w, generator=gen) * 255 for _ in range(steps + 1)]
+    if saved_only:
+        saved = saved_for_backward(trainer, batches[0])
+        print(f"  kept for the backward pass: {sum(saved.values()) / 1e9:.2f} GB = "
+              + " + ".join(f"{name} {nbytes / 1e9:.2f}" for name, nbytes in saved.items()))
+        return
     trainer.train_step(batches[0])  # warm-up: allocator, kernel selection
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     start = time.perf_counter()
@@ -70,6 +114,7 @@ def run_case(case: str, args: argparse.Namespace) -> tuple[float, float]:
         raise SystemExit(f"case {case} failed")
     peak_gb = usage.ru_maxrss * 1024 / 1e9  # ru_maxrss is in KiB on Linux
     print(f"  peak RSS {peak_gb:.2f} GB", flush=True)
+    subprocess.run([*cmd, "--saved"], check=True)
     return img_s, peak_gb
 
 
@@ -81,10 +126,11 @@ def main() -> None:
                         help="run only this case (repeatable); default: all")
     parser.add_argument("--batch", type=int, help="batch size instead of the config's")
     parser.add_argument("--child", choices=sorted(CASES), help=argparse.SUPPRESS)
+    parser.add_argument("--saved", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.child:
-        measure(args.child, args.steps, args.batch)
+        measure(args.child, args.steps, args.batch, args.saved)
         return
     print(f"torch {torch.__version__}, {args.threads} threads")
     results = {case: run_case(case, args) for case in args.case or CASES}
