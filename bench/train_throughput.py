@@ -76,7 +76,8 @@ def measure(case: str, steps: int, batch: int | None, saved_only: bool) -> None:
     h, w = ae_cfg.crop_size
     batch = batch or ae_cfg.batch_size
     gen = torch.Generator().manual_seed(0)
-    batches = [torch.rand(batch, 3, h, w, generator=gen) * 255 for _ in range(steps + 1)]
+    batches = [torch.rand(batch, 3, h, w, generator=gen) * 255
+               for _ in range(1 if saved_only else steps + 1)]
     if saved_only:
         saved = saved_for_backward(trainer, batches[0])
         print(f"  kept for the backward pass: {sum(saved.values()) / 1e9:.2f} GB = "
