@@ -42,7 +42,11 @@ Activation = Callable[[tf.Tensor], tf.Tensor] | None
 class Config(dict):
     """A parsed config; keys are also attributes, as in the original (`config.num_centers`)."""
 
-    __getattr__ = dict.__getitem__
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:  # hasattr, getattr with a default and copy need AttributeError
+            raise AttributeError(name) from None
 
 
 def parse_config(path: str | Path) -> dict[str, Any]:
