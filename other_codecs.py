@@ -6,7 +6,7 @@ imgcomp/codecs.py.
 
 import sys
 
-from imgcomp.codecs import main
+from imgcomp.evaluation.baselines import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,7 +4,7 @@ python plotter.py LOG_DIR_ROOT JOB_IDS DATASET (see --help)."""
 
 import sys
 
-from imgcomp.plotting import main
+from imgcomp.evaluation.plotting import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,7 +3,7 @@
 
 import sys
 
-from imgcomp.training import main
+from imgcomp.train.trainer import main
 
 if __name__ == "__main__":
     sys.exit(main())

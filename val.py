@@ -3,7 +3,7 @@
 
 import sys
 
-from imgcomp.validation import main
+from imgcomp.evaluation.validation import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from imgcomp.codecs import CODECS, main
-from imgcomp.imageio import resolve_images
-from imgcomp.measures import mean_measures, read_measures_csv
+from imgcomp.base.image_files import resolve_images
+from imgcomp.evaluation.baselines import CODECS, main
+from imgcomp.evaluation.results import mean_measures, read_measures_csv
 
 BPP_POINTS = (0.370, 0.677, 1.051)
 

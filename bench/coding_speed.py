@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 
-from imgcomp import coding
-from imgcomp.bitstream import unpack
-from imgcomp.checkpoint import load_codec
-from imgcomp.config import load_config
-from imgcomp.imageio import read_image
-from imgcomp.model import ImageCodec
+from imgcomp.base.image_files import read_image
+from imgcomp.checkpoints.log_dirs import load_codec
+from imgcomp.codec.image_codec import ImageCodec
+from imgcomp.config.parsing import load_config
+from imgcomp.entropy_coding import context_coding as coding
+from imgcomp.entropy_coding.bitstream import unpack
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from imgcomp.atomic import atomic_write_text
-from imgcomp.checkpoint import CKPTS_DIRNAME, job_id_of, list_checkpoints
-from imgcomp.measures import (
+from imgcomp.base.atomic import atomic_write_text
+from imgcomp.checkpoints.log_dirs import CKPTS_DIRNAME, job_id_of, list_checkpoints
+from imgcomp.evaluation.plotting import PAPER_LABEL, load_codec_curves, paper_curve
+from imgcomp.evaluation.results import (
     Curve,
     MeanMeasures,
     bd_rate_table,
@@ -32,7 +33,6 @@ from imgcomp.measures import (
     mean_measures,
     read_measures_csv,
 )
-from imgcomp.plotting import PAPER_LABEL, load_codec_curves, paper_curve
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "ckpts"

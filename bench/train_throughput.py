@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from imgcomp.config import load_config
-from imgcomp.losses import compute_loss
-from imgcomp.training import Trainer
+from imgcomp.config.parsing import load_config
+from imgcomp.train.losses import compute_loss
+from imgcomp.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = {

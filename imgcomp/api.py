@@ -1,5 +1,5 @@
 """The Python API: load a model by name (low, med, hi), job id, log dir or fingerprint (see
-imgcomp.zoo), or compress and decompress with one.
+imgcomp.checkpoints.zoo), or compress and decompress with one.
 
     from imgcomp.api import load_model
     codec = load_model("hi")  # an ImageCodec in eval mode; or load_model("logs/JOB_DIR")
@@ -14,30 +14,23 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from imgcomp import bitstream, zoo
-from imgcomp.checkpoint import ckpt_dir_of, load_codec
-from imgcomp.imageio import ImageLike
-from imgcomp.model import ImageCodec
+from imgcomp.base.image_files import ImageLike
+from imgcomp.checkpoints import zoo
+from imgcomp.checkpoints.log_dirs import ckpt_dir_of, load_codec
+from imgcomp.checkpoints.zoo import load_model
+from imgcomp.codec.image_codec import ImageCodec
+from imgcomp.entropy_coding import bitstream
 
 # The shipped model used when none is named.
 DEFAULT_MODEL = "med"
+__all__ = ["DEFAULT_MODEL", "compress", "decompress", "default_model_dir", "load_model"]
 DEFAULT_JOB = next(row.job_id for row in zoo.SHIPPED if row.name == DEFAULT_MODEL)
 
 
 def default_model_dir() -> Path:
     """Log dir of the default shipped model; CheckpointError if it is not there."""
     return zoo.find(DEFAULT_MODEL).log_dir
-
-
-def load_model(model: str | os.PathLike | zoo.KnownModel = DEFAULT_MODEL, step: int = -1,
-               device: torch.device | str = "cpu") -> ImageCodec:
-    """A model (a shipped name, a log dir or its ckpts/, or a known job id or fingerprint: see
-    imgcomp.zoo.find; or a KnownModel already found) at checkpoint `step` (-1: latest), in
-    eval mode, ready to compress and decompress."""
-    known = model if isinstance(model, zoo.KnownModel) else zoo.find(model)
-    return load_codec(ckpt_dir_of(known.log_dir), step, torch.device(device))
 
 
 @functools.lru_cache(maxsize=2)

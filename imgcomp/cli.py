@@ -11,20 +11,21 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from imgcomp import bitstream, zoo
 from imgcomp.api import DEFAULT_MODEL, load_model
-from imgcomp.atomic import atomic_write_bytes
-from imgcomp.bitstream import BitstreamError, pixel_limit
-from imgcomp.checkpoint import CheckpointError
-from imgcomp.config import ConfigError
-from imgcomp.device import select_device
-from imgcomp.imageio import (
+from imgcomp.base.atomic import atomic_write_bytes
+from imgcomp.base.device import select_device
+from imgcomp.base.image_files import (
     DatasetError,
     ImageReadError,
     read_image,
     resolve_image_paths,
     write_image,
 )
+from imgcomp.checkpoints import zoo
+from imgcomp.checkpoints.log_dirs import CheckpointError
+from imgcomp.config.parsing import ConfigError
+from imgcomp.entropy_coding import bitstream
+from imgcomp.entropy_coding.bitstream import BitstreamError, pixel_limit
 
 COMPRESSED_SUFFIX = ".imgc"
 MODEL_HELP = ("a shipped model's name (see `imgcomp models`), a log dir of a trained job (or its "
@@ -83,13 +84,18 @@ def _add_codec_commands(sub: argparse._SubParsersAction) -> None:
 # Subcommands that hand the rest of the command line, unchanged, to the entry point of one of
 # the original's scripts (flags and --help exactly the script's): name -> (module, help).
 SCRIPT_COMMANDS = {
-    "train": ("imgcomp.training", "train a model (train.py)"),
-    "val": ("imgcomp.validation", "bpp, MS-SSIM, PSNR of trained jobs on images (val.py)"),
-    "plot": ("imgcomp.plotting", "rate-distortion plot and BD-rates (plotter.py)"),
-    "codecs": ("imgcomp.codecs", "measure JPEG, WebP, JPEG 2000, AVIF (other_codecs.py)"),
-    "crops": ("imgcomp.crops", "one crop: original, model and codecs at about equal bpp"),
-    "ship": ("imgcomp.ship", "make log dirs small enough to commit"),
-    "records": ("imgcomp.records", "write images into TFRecords (mk_img_rec)"),
+    "train": ("imgcomp.train.trainer", "train a model (train.py)"),
+    "val": ("imgcomp.evaluation.validation",
+            "bpp, MS-SSIM, PSNR of trained jobs on images (val.py)"),
+    "plot": ("imgcomp.evaluation.plotting", "rate-distortion plot and BD-rates (plotter.py)"),
+    "codecs": ("imgcomp.evaluation.baselines",
+               "measure JPEG, WebP, JPEG 2000, AVIF (other_codecs.py)"),
+    "crops": ("imgcomp.evaluation.crop_figure",
+              "one crop: original, model and codecs at about equal bpp"),
+    "ship": ("imgcomp.checkpoints.ship", "make log dirs small enough to commit"),
+    "convert": ("imgcomp.checkpoints.from_original",
+                "an original TensorFlow log dir as a log dir of ours"),
+    "records": ("imgcomp.data.records", "write images into TFRecords (mk_img_rec)"),
 }
 
 

@@ -14,11 +14,11 @@ import time
 
 import numpy as np
 
-from imgcomp import bitstream
-from imgcomp.autoencoder import SUBSAMPLING
-from imgcomp.bitstream import BitstreamError, pack, reseal, unpack
-from imgcomp.imageio import read_image, sample_photos
-from imgcomp.model import ImageCodec
+from imgcomp.base.image_files import read_image, sample_photos
+from imgcomp.codec.image_codec import ImageCodec
+from imgcomp.entropy_coding import bitstream
+from imgcomp.entropy_coding.bitstream import BitstreamError, pack, reseal, unpack
+from imgcomp.nets.autoencoder import SUBSAMPLING
 
 CROP = (64, 96)  # height, width: the 96 x 64 crops of the issue
 

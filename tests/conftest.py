@@ -2,7 +2,8 @@
 trained once per session.
 
 The session fixtures are read-only: a test that writes into a log dir (val.py writes next to it,
-imgcomp.ship and restoring write into it) takes `trained_copy`, its own copy of the model.
+imgcomp.checkpoints.ship and restoring write into it) takes `trained_copy`, its own copy of the
+model.
 """
 
 import shutil
@@ -13,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgcomp import training
-from imgcomp.config import Config, load_config
+from imgcomp.config.parsing import Config, load_config
+from imgcomp.train import trainer as training
 
 TINY_CONFIGS = Path(__file__).resolve().parent / "configs"
 

@@ -6,10 +6,10 @@ import sys
 
 import torch
 
-from imgcomp.config import load_config
-from imgcomp.data import make_loader
-from imgcomp.distributed import close_world, init_world
-from imgcomp.training import Trainer, _batches_forever
+from imgcomp.base.distributed import close_world, init_world
+from imgcomp.config.parsing import load_config
+from imgcomp.data.loaders import make_loader
+from imgcomp.train.trainer import Trainer, _batches_forever
 
 
 def main(ae_config: str, pc_config: str, dataset: str, out_dir: str) -> None:

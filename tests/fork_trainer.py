@@ -13,7 +13,7 @@ import sys
 
 import torch._dynamo  # noqa: F401
 
-from imgcomp import training
+from imgcomp.train import trainer as training
 
 
 def main() -> None:

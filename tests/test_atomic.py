@@ -2,7 +2,7 @@
 
 import pytest
 
-from imgcomp.atomic import atomic_open, atomic_path, atomic_write_text
+from imgcomp.base.atomic import atomic_open, atomic_path, atomic_write_text
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):

@@ -13,9 +13,17 @@ import pytest
 import torch
 from bitstream_mutations import KINDS, base_files, decode_outcome, mutate
 
-from imgcomp import api, bitstream, cli
+from imgcomp import api, cli
 from imgcomp.api import default_model_dir, load_model
-from imgcomp.bitstream import FORMAT_VERSION, BitstreamError, Header, pack, reseal, unpack
+from imgcomp.entropy_coding import bitstream
+from imgcomp.entropy_coding.bitstream import (
+    FORMAT_VERSION,
+    BitstreamError,
+    Header,
+    pack,
+    reseal,
+    unpack,
+)
 
 DATA = Path(__file__).resolve().parent / "data"
 GOLDEN = DATA / f"golden_v{FORMAT_VERSION}.imgc"
@@ -166,10 +174,10 @@ def test_out_of_memory_is_a_bitstream_error(codec, monkeypatch):
     for error in (MemoryError(), RuntimeError("DefaultCPUAllocator: can't allocate memory")):
         def fail(*args, error=error):
             raise error
-        monkeypatch.setattr("imgcomp.model.decode_symbols", fail)
+        monkeypatch.setattr("imgcomp.codec.image_codec.decode_symbols", fail)
         with pytest.raises(BitstreamError, match="out of memory decoding a 64x48 image"):
             codec.decompress(data)
-    monkeypatch.setattr("imgcomp.model.decode_symbols", lambda *a: 1 / 0)
+    monkeypatch.setattr("imgcomp.codec.image_codec.decode_symbols", lambda *a: 1 / 0)
     with pytest.raises(ZeroDivisionError):  # other errors are not disguised
         codec.decompress(data)
 

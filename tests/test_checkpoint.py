@@ -6,9 +6,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from imgcomp import checkpoint as ckpt
-from imgcomp.config import config_job_name
-from imgcomp.convert import TFLogDirError, configs_from_log_dir_name
+from imgcomp.checkpoints import log_dirs as ckpt
+from imgcomp.config.parsing import config_job_name
+from imgcomp.original.tf_log_dirs import TFLogDirError, configs_from_log_dir_name
 
 
 def test_save_list_load_and_keep(tmp_path):

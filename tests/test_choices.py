@@ -10,13 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from imgcomp import checkpoint as ckpt
-from imgcomp import optimization
-from imgcomp.autoencoder import Autoencoder, Conv2dSame, ConvTranspose2dSame
-from imgcomp.config import Config, load_config
-from imgcomp.losses import compute_loss
-from imgcomp.model import ImageCodec
-from imgcomp.probclass import ProbClassifier
+from imgcomp.checkpoints import log_dirs as ckpt
+from imgcomp.codec.image_codec import ImageCodec
+from imgcomp.config.parsing import Config, load_config
+from imgcomp.nets.autoencoder import Autoencoder, Conv2dSame, ConvTranspose2dSame
+from imgcomp.nets.probclass import ProbClassifier
+from imgcomp.train import optimization
+from imgcomp.train.losses import compute_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,5 @@
-"""Tests of imgcomp.codecs (other_codecs.py): classical-codec baselines measured with Pillow."""
+"""Tests of imgcomp.evaluation.baselines (other_codecs.py): classical-codec baselines measured with
+Pillow."""
 
 import csv
 import io
@@ -8,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgcomp import codecs as codecs_mod
-from imgcomp.codecs import CODECS, main, roundtrip
-from imgcomp.metrics import ms_ssim_uint8, psnr_uint8
+from imgcomp.evaluation import baselines as codecs_mod
+from imgcomp.evaluation.baselines import CODECS, main, roundtrip
+from imgcomp.evaluation.quality import ms_ssim_uint8, psnr_uint8
 
 AVAILABLE = [name for name, codec in CODECS.items() if codec.available()]
 # Every codec, a codec this Pillow lacks (e.g. AVIF) skipped.

@@ -7,12 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from imgcomp import api, bitstream, cli
+from imgcomp import api, cli
 from imgcomp.api import load_model
-from imgcomp.autoencoder import pad_to_multiple
-from imgcomp.bitstream import BitstreamError
-from imgcomp.checkpoint import load_codec
-from imgcomp.coding import (
+from imgcomp.checkpoints.log_dirs import load_codec
+from imgcomp.entropy_coding import bitstream
+from imgcomp.entropy_coding.bitstream import BitstreamError
+from imgcomp.entropy_coding.context_coding import (
     ACT_FRAC_BITS,
     IntegerContextModel,
     _Extent,
@@ -21,7 +21,8 @@ from imgcomp.coding import (
     encode_symbols,
     probabilities,
 )
-from imgcomp.probclass import ProbClassifier
+from imgcomp.nets.autoencoder import pad_to_multiple
+from imgcomp.nets.probclass import ProbClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
 

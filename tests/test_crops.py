@@ -1,13 +1,13 @@
-"""The visual comparison figure (python -m imgcomp.crops)."""
+"""The visual comparison figure (python -m imgcomp.evaluation.crop_figure)."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from imgcomp import crops
 from imgcomp.api import default_model_dir
-from imgcomp.codecs import CODECS, roundtrip
-from imgcomp.imageio import sample_photos
+from imgcomp.base.image_files import sample_photos
+from imgcomp.evaluation import crop_figure as crops
+from imgcomp.evaluation.baselines import CODECS, roundtrip
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,14 @@ import pytest
 import torch
 from PIL import Image
 
-from imgcomp import checkpoint as ckpt
-from imgcomp import training, validation
 from imgcomp.api import default_model_dir, load_model
-from imgcomp.device import select_device
-from imgcomp.imageio import sample_photos
-from imgcomp.measures import read_measures_csv
-from imgcomp.metrics import psnr
+from imgcomp.base.device import select_device
+from imgcomp.base.image_files import sample_photos
+from imgcomp.checkpoints import log_dirs as ckpt
+from imgcomp.evaluation import validation
+from imgcomp.evaluation.quality import psnr
+from imgcomp.evaluation.results import read_measures_csv
+from imgcomp.train import trainer as training
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 

@@ -1,5 +1,6 @@
-"""Tests of imgcomp.imageio (finding and reading images), imgcomp.data (dataset specs,
-loaders) and imgcomp.records (TFRecord writer)."""
+"""Tests of imgcomp.base.image_files (finding and reading images), imgcomp.data.loaders (dataset
+specs,
+loaders) and imgcomp.data.records (TFRecord writer)."""
 
 import importlib.util
 import io
@@ -17,16 +18,16 @@ from PIL import Image
 from tfrecord.reader import tfrecord_loader
 from tfrecord.writer import TFRecordWriter
 
-from imgcomp.data import FEATURE_KEY, DataWarning, count_tfrecords, make_loader
-from imgcomp.imageio import (
+from imgcomp.base.image_files import (
     DatasetError,
     ImageReadError,
     read_image,
     resolve_image_paths,
     write_image,
 )
-from imgcomp.records import main as records_main
-from imgcomp.records import write_image_records
+from imgcomp.data.loaders import FEATURE_KEY, DataWarning, count_tfrecords, make_loader
+from imgcomp.data.records import main as records_main
+from imgcomp.data.records import write_image_records
 
 TF_WRITTEN = Path(__file__).parent / "data" / "tf_written"
 REPO = Path(__file__).resolve().parents[1]
@@ -183,7 +184,7 @@ def test_write_image_records_refuses_stale_shards(tmp_path: Path) -> None:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "imgcomp.records", "mk_img_rec", *args],
+        [sys.executable, "-m", "imgcomp.data.records", "mk_img_rec", *args],
         capture_output=True,
         text=True,
         cwd=REPO,

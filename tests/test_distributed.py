@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgcomp import checkpoint as ckpt
-from imgcomp import validation
+from imgcomp.checkpoints import log_dirs as ckpt
+from imgcomp.evaluation import validation
 
 ROOT = Path(__file__).resolve().parents[1]
 

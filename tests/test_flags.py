@@ -14,10 +14,14 @@ import pytest
 import torch
 from tfrecord.reader import tfrecord_loader
 
-from imgcomp import checkpoint as ckpt
-from imgcomp import cli, measures, plotting, train_args, training, validation
-from imgcomp.data import make_loader
-from imgcomp.records import main as records_main
+from imgcomp import cli
+from imgcomp.checkpoints import log_dirs as ckpt
+from imgcomp.data.loaders import make_loader
+from imgcomp.data.records import main as records_main
+from imgcomp.evaluation import plotting, validation
+from imgcomp.evaluation import results as measures
+from imgcomp.train import flags as train_args
+from imgcomp.train import trainer as training
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -250,7 +254,7 @@ def test_keep_every_hours_rule(tmp_path):
     # A restarted run (--restore_continue) keeps them; its hours count from its own start.
     save(9, start + 10 * 3600, keep_every_hours=1.0)
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [3, 6, 8, 9]
-    # Without the rule (imgcomp.ship), only the window is kept.
+    # Without the rule (imgcomp.checkpoints.ship), only the window is kept.
     save(10, None, keep_every_hours=None)
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [9, 10]
     assert not (tmp_path / ckpt.PRESERVED_NAME).exists()
@@ -383,7 +387,7 @@ def test_mk_img_rec_errors(tmp_path, make_images, capsys):
 
 
 # The original README's "Prepare ImageNET", step 3, as written there, adapted only in paths:
-# `python -m imgcomp.records` for `python -m fjcommon tf_records`, and 2 images per file
+# `python -m imgcomp.data.records` for `python -m fjcommon tf_records`, and 2 images per file
 # instead of 1250. Where GNU parallel is missing, a shell function stands in for it.
 README_STEP_3 = """
 mkdir -p records/train
@@ -392,13 +396,13 @@ mkdir -p records/val
 pushd train
 find . -name "*.JPEG" | parallel --bar -j64 -N 2 \\
     'OUTPUT_PATH=$(printf "../records/train/train-%05d.tfrecord" {#});' \\
-    'python -m imgcomp.records mk_img_rec {} -o $OUTPUT_PATH --feature_key image/encoded'
+    'python -m imgcomp.data.records mk_img_rec {} -o $OUTPUT_PATH --feature_key image/encoded'
 popd
 
 pushd val
 find . -name "*.JPEG" | parallel --bar -j16 -N 2 \\
     'OUTPUT_PATH=$(printf "../records/val/val-%05d.tfrecord" {#});' \\
-    'python -m imgcomp.records mk_img_rec {} -o $OUTPUT_PATH --feature_key image/encoded'
+    'python -m imgcomp.data.records mk_img_rec {} -o $OUTPUT_PATH --feature_key image/encoded'
 popd
 """
 

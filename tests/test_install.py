@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgcomp import cli, zoo
+from imgcomp import cli
+from imgcomp.checkpoints import zoo
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
@@ -108,7 +109,7 @@ def test_installed_imgcomp_encodes_and_decodes_by_name_and_fingerprint(fresh_ven
     shutil.copy2(DATA / "golden.png", tmp_path / "in.png")
     # One process (each loads torch, ~2 s): where imgcomp and the models come from, and
     # `imgcomp encode` by name through the package (the console script decodes below).
-    out = _run(fresh_venv / "bin" / "python", "-c", "import imgcomp, imgcomp.zoo as z; "
+    out = _run(fresh_venv / "bin" / "python", "-c", "import imgcomp, imgcomp.checkpoints.zoo as z; "
                "print(imgcomp.__file__); print(z.shipped_models_dir()); "
                "print(*[m.name for m in z.shipped_models()]); from imgcomp.cli import main; "
                "raise SystemExit(main(['encode', '-m', 'med', 'in.png', '-o', 'in.imgc']))",

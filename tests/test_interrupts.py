@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from imgcomp import checkpoint as ckpt
-from imgcomp import training
+from imgcomp.checkpoints import log_dirs as ckpt
+from imgcomp.train import trainer as training
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,5 +1,6 @@
-"""Tests for imgcomp.metrics (MS-SSIM against the original's golden values and pytorch-msssim)
-and imgcomp.measures (measures of a reconstruction, measures.csv, means)."""
+"""Tests for imgcomp.evaluation.quality (MS-SSIM against the original's golden values and
+pytorch-msssim)
+and imgcomp.evaluation.results (measures of a reconstruction, measures.csv, means)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from imgcomp.measures import (
+from imgcomp.evaluation.quality import ms_ssim, ms_ssim_uint8, mse, psnr, psnr_uint8
+from imgcomp.evaluation.results import (
     MeanMeasures,
     Measure,
     mean_measures,
@@ -22,7 +24,6 @@ from imgcomp.measures import (
     read_measures_csv,
     write_measures_csv,
 )
-from imgcomp.metrics import ms_ssim, ms_ssim_uint8, mse, psnr, psnr_uint8
 
 SHARED = Path(os.environ.get("IMGCOMP_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 GOLDEN = SHARED / "docs" / "msssim_golden.json"

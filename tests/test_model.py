@@ -5,9 +5,9 @@ import itertools
 import pytest
 import torch
 
-from imgcomp.autoencoder import Autoencoder, importance_mask
-from imgcomp.probclass import ProbClassifier, causal_mask
-from imgcomp.quantizer import Quantizer
+from imgcomp.nets.autoencoder import Autoencoder, importance_mask
+from imgcomp.nets.probclass import ProbClassifier, causal_mask
+from imgcomp.nets.quantizer import Quantizer
 
 
 def test_autoencoder_shapes_and_range():

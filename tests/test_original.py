@@ -5,7 +5,7 @@ cvpr@res_shallow/ckpts/` (a TF1 checkpoint of seeded random weights) and the arr
 original computed with it: `oracle/io.npz` (test branch on a Kodak crop, training branch on a
 synthetic batch) and `oracle/step.npz` (gradients and weights of one step of its two Adams).
 Everything here goes through the public paths: val.py, `imgcomp decode`, train.py --restore,
-`python -m imgcomp.convert`, and the checkpoint loaders they use.
+`imgcomp convert`, and the checkpoint loaders they use.
 """
 
 from __future__ import annotations
@@ -22,13 +22,15 @@ import pytest
 import torch
 from PIL import Image
 
-from imgcomp import checkpoint as ckpt
-from imgcomp import cli, training, validation
-from imgcomp.autoencoder import importance_mask
-from imgcomp.convert import main as convert_main
-from imgcomp.convert import tf_variable_map
-from imgcomp.losses import compute_loss
-from imgcomp.metrics import ms_ssim
+from imgcomp import cli
+from imgcomp.checkpoints import log_dirs as ckpt
+from imgcomp.checkpoints.from_original import main as convert_main
+from imgcomp.evaluation import validation
+from imgcomp.evaluation.quality import ms_ssim
+from imgcomp.nets.autoencoder import importance_mask
+from imgcomp.original.tf_log_dirs import tf_variable_map
+from imgcomp.train import trainer as training
+from imgcomp.train.losses import compute_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = Path(os.environ.get("IMGCOMP_SHARED", ROOT.parent / "shared")) / "fixtures/original_tf1"

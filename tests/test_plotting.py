@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgcomp import measures, plotting
-from imgcomp.measures import Measure, write_measures_csv
+from imgcomp.evaluation import plotting
+from imgcomp.evaluation import results as measures
+from imgcomp.evaluation.results import Measure, write_measures_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 JOBS = ("0101_0001", "0101_0002", "0101_0003")

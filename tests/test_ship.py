@@ -1,4 +1,5 @@
-"""imgcomp.ship: a trained log dir made small enough to commit, still usable and resumable."""
+"""imgcomp.checkpoints.ship: a trained log dir made small enough to commit, still usable and
+resumable."""
 
 from pathlib import Path
 
@@ -7,9 +8,10 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from imgcomp import checkpoint as ckpt
-from imgcomp import ship, training
 from imgcomp.api import load_model
+from imgcomp.checkpoints import log_dirs as ckpt
+from imgcomp.checkpoints import ship
+from imgcomp.train import trainer as training
 
 
 def _events(log_dir: Path) -> EventAccumulator:

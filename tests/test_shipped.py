@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgcomp import plotting, validation
 from imgcomp.api import load_model
-from imgcomp.checkpoint import AE_CONFIG_NAME, CKPTS_DIRNAME, PC_CONFIG_NAME, job_id_of
-from imgcomp.config import load_config
-from imgcomp.imageio import sample_photos
-from imgcomp.measures import read_measures_csv
+from imgcomp.base.image_files import sample_photos
+from imgcomp.checkpoints.log_dirs import AE_CONFIG_NAME, CKPTS_DIRNAME, PC_CONFIG_NAME, job_id_of
+from imgcomp.config.parsing import load_config
+from imgcomp.evaluation import plotting, validation
+from imgcomp.evaluation.results import read_measures_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(p for p in (ROOT / "ckpts").iterdir() if (p / CKPTS_DIRNAME).is_dir())

@@ -1,4 +1,4 @@
-"""imgcomp.tf_checkpoint: TF1 tensor-bundle checkpoints read without TensorFlow.
+"""imgcomp.original.tf_bundle: TF1 tensor-bundle checkpoints read without TensorFlow.
 
 The first half runs anywhere, on bundles written by a small writer below (LevelDB table + raw
 data shards, as TF's BundleWriter lays them out). The second half reads the checkpoint the
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imgcomp import tf_checkpoint as tfc
-from imgcomp.tf_checkpoint import (
+from imgcomp.original import tf_bundle as tfc
+from imgcomp.original.tf_bundle import (
     TFCheckpointError,
     list_tf_checkpoints,
     read_tf_checkpoint,

@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from imgcomp import checkpoint as ckpt
-from imgcomp import config as config_module
-from imgcomp import optimization, training
-from imgcomp.config import Config, load_config
-from imgcomp.losses import compute_loss
-from imgcomp.model import ImageCodec
-from imgcomp.records import write_image_records
+from imgcomp.checkpoints import log_dirs as ckpt
+from imgcomp.codec.image_codec import ImageCodec
+from imgcomp.config import parsing as config_module
+from imgcomp.config.parsing import Config, load_config
+from imgcomp.data.records import write_image_records
+from imgcomp.train import optimization
+from imgcomp.train import trainer as training
+from imgcomp.train.losses import compute_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 TF_WRITTEN = ROOT / "tests/data/tf_written"

@@ -11,12 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from imgcomp import atomic, validation
-from imgcomp.autoencoder import pad_to_multiple
-from imgcomp.checkpoint import list_checkpoints, load_codec
-from imgcomp.imageio import write_image
-from imgcomp.metrics import ms_ssim_uint8
-from imgcomp.model import ImageCodec
+from imgcomp.base import atomic
+from imgcomp.base.image_files import write_image
+from imgcomp.checkpoints.log_dirs import list_checkpoints, load_codec
+from imgcomp.codec.image_codec import ImageCodec
+from imgcomp.evaluation import validation
+from imgcomp.evaluation.quality import ms_ssim_uint8
+from imgcomp.nets.autoencoder import pad_to_multiple
 
 
 def _photo_like(h: int, w: int, seed: int) -> np.ndarray:
@@ -140,7 +141,7 @@ def test_real_bpp_writes_files_and_csv(job, images, capsys):
 
 
 def test_samples_are_bundled_photos():
-    from imgcomp.imageio import resolve_images
+    from imgcomp.base.image_files import resolve_images
 
     name, paths = resolve_images("samples")
     assert name == "samples" and len(paths) == 5

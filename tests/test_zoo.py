@@ -1,4 +1,5 @@
-"""The model registry (imgcomp.zoo): shipped names and fingerprints, lookups, and the CLI's
+"""The model registry (imgcomp.checkpoints.zoo): shipped names and fingerprints, lookups, and the
+CLI's
 encode/decode/info/models by name and by the header's fingerprint."""
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from imgcomp import api, bitstream, cli, zoo
-from imgcomp.bitstream import model_fingerprint
-from imgcomp.zoo import UnknownModelError
+from imgcomp import api, cli
+from imgcomp.checkpoints import zoo
+from imgcomp.checkpoints.zoo import UnknownModelError
+from imgcomp.entropy_coding import bitstream
+from imgcomp.entropy_coding.bitstream import model_fingerprint
 
 
 def _write_photo(path, h=24, w=32, seed=0):
@@ -177,11 +180,11 @@ def test_api_looks_each_model_up_once(trained_log_dir, tmp_path, monkeypatch):
     api._cached_model.cache_clear()
     photo = _write_photo(tmp_path / "photo.png", 16, 16)
     low_dir = zoo.find("low").log_dir
-    scans = _count_calls(monkeypatch, "imgcomp.zoo.shipped_models")
+    scans = _count_calls(monkeypatch, "imgcomp.checkpoints.zoo.shipped_models")
     data = api.compress(str(photo), model="low")
     assert api.compress(str(photo), model="low") == data and len(scans) == 1
-    unpacks = _count_calls(monkeypatch, "imgcomp.bitstream.unpack")
-    monkeypatch.setattr("imgcomp.model.unpack", bitstream.unpack)  # the same counter
+    unpacks = _count_calls(monkeypatch, "imgcomp.entropy_coding.bitstream.unpack")
+    monkeypatch.setattr("imgcomp.codec.image_codec.unpack", bitstream.unpack)  # the same counter
     decoded = api.decompress(data)
     assert len(unpacks) == 1 and len(scans) == 2
     assert np.array_equal(api.decompress(data), decoded)
@@ -206,10 +209,10 @@ def test_api_looks_each_model_up_once(trained_log_dir, tmp_path, monkeypatch):
 def test_decode_looks_the_model_up_once(tmp_path, monkeypatch, capsys):
     photo = _write_photo(tmp_path / "photo.png")
     assert cli.main(["encode", "-m", "low", str(photo), "-o", str(tmp_path / "photo.imgc")]) == 0
-    finds = _count_calls(monkeypatch, "imgcomp.zoo.find")
-    by_fingerprint = _count_calls(monkeypatch, "imgcomp.zoo.find_by_fingerprint")
-    unpacks = _count_calls(monkeypatch, "imgcomp.bitstream.unpack")
-    monkeypatch.setattr("imgcomp.model.unpack", bitstream.unpack)  # the same counter
+    finds = _count_calls(monkeypatch, "imgcomp.checkpoints.zoo.find")
+    by_fingerprint = _count_calls(monkeypatch, "imgcomp.checkpoints.zoo.find_by_fingerprint")
+    unpacks = _count_calls(monkeypatch, "imgcomp.entropy_coding.bitstream.unpack")
+    monkeypatch.setattr("imgcomp.codec.image_codec.unpack", bitstream.unpack)  # the same counter
     out = str(tmp_path / "out.png")
     assert cli.main(["decode", str(tmp_path / "photo.imgc"), "-o", out]) == 0
     assert (len(finds), len(by_fingerprint), len(unpacks)) == (0, 1, 1)

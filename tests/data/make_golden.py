@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from imgcomp.api import DEFAULT_JOB, default_model_dir, load_model
-from imgcomp.atomic import atomic_write_bytes, atomic_write_text
-from imgcomp.bitstream import FORMAT_VERSION
-from imgcomp.imageio import read_image, sample_photos, write_image
+from imgcomp.base.atomic import atomic_write_bytes, atomic_write_text
+from imgcomp.base.image_files import read_image, sample_photos, write_image
+from imgcomp.entropy_coding.bitstream import FORMAT_VERSION
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "golden.png"

@@ -1,6 +1,6 @@
 """Generate tests/data/tf_written/{train,val}/tf_000.tfrecord with TensorFlow's own writer.
 
-The fixture proves that imgcomp.data reads TFRecords written by TensorFlow. Run it with a
+The fixture proves that imgcomp.data.loaders reads TFRecords written by TensorFlow. Run it with a
 Python that has TensorFlow and Pillow (not a project dependency; the tests only read its
 output):
 

@@ -32,11 +32,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from imgcomp import checkpoint as ckpt
-from imgcomp.atomic import atomic_open, atomic_write_bytes, atomic_write_text
-from imgcomp.bitstream import BitstreamError
-from imgcomp.device import select_device
-from imgcomp.distributed import (
+from imgcomp.base.atomic import atomic_open, atomic_write_bytes, atomic_write_text
+from imgcomp.base.device import select_device
+from imgcomp.base.distributed import (
     World,
     any_rank,
     barrier,
@@ -44,15 +42,23 @@ from imgcomp.distributed import (
     gather_to_main,
     init_world,
 )
-from imgcomp.imageio import DatasetError, ImageReadError, read_image, resolve_images, write_image
-from imgcomp.measures import (
+from imgcomp.base.image_files import (
+    DatasetError,
+    ImageReadError,
+    read_image,
+    resolve_images,
+    write_image,
+)
+from imgcomp.checkpoints import log_dirs as ckpt
+from imgcomp.codec.image_codec import ImageCodec
+from imgcomp.entropy_coding.bitstream import BitstreamError
+from imgcomp.evaluation.results import (
     Measure,
     mean_measures,
     measure,
     read_measures_csv,
     write_measures_csv,
 )
-from imgcomp.model import ImageCodec
 
 VALIDATED_JSON = "validated.json"
 REAL_BPP_HEADER = ("img_name", "bpp_real", "bpp_theory", "bpp_loss", "encode_s", "decode_s")

@@ -5,7 +5,7 @@ Inputs: `LOG_DIR_ROOT/<JOB_ID> <DATASET>/measures.csv` per job (written by val.p
 one operating point) and `OTHER_CODECS_ROOT/<DATASET>/<codec>/<quality>/measures.csv` per codec
 setting. Codec curves are always the mean over images per quality setting, sorted by bpp.
 
-BD-rate (see `imgcomp.measures`) of ours against each codec and, for MS-SSIM, the paper's
+BD-rate (see `imgcomp.evaluation.results`) of ours against each codec and, for MS-SSIM, the paper's
 curve: anchor = codec, test = ours, negative = ours needs fewer bits. It always uses our jobs'
 mean (bpp, metric) points, whatever --style draws, as is usual for codec comparisons (one
 averaged point per setting).
@@ -25,9 +25,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from imgcomp.atomic import atomic_path
-from imgcomp.codecs import DEFAULT_RESULTS_ROOT, results_root
-from imgcomp.measures import (
+from imgcomp.base.atomic import atomic_path
+from imgcomp.evaluation.baselines import DEFAULT_RESULTS_ROOT, results_root
+from imgcomp.evaluation.results import (
     METRIC_ATTRS,
     Curve,
     Measure,

@@ -2,7 +2,7 @@
 H x W x 3 uint8 RGB, and writing one.
 
 Inference (`imgcomp encode|decode`, val.py, other_codecs.py) needs only this module, not the
-training loaders and TFRecord readers of `imgcomp.data`.
+training loaders and TFRecord readers of `imgcomp.data.loaders`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from imgcomp.atomic import atomic_path
+from imgcomp.base.atomic import atomic_path
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"})
 # Known set names, as the original: `kodak` = $VAL_ROOT/kodak/*.png.

@@ -38,8 +38,8 @@ import constriction
 import numpy as np
 import torch
 
-from imgcomp.bitstream import BitstreamError
-from imgcomp.probclass import ContextLayer, ProbClassifier, causal_mask
+from imgcomp.entropy_coding.bitstream import BitstreamError
+from imgcomp.nets.probclass import ContextLayer, ProbClassifier, causal_mask
 
 ACT_FRAC_BITS = 16  # activations and logits are multiples of 2^-16
 WEIGHT_BITS = 15  # |integer weight| <= 2^15

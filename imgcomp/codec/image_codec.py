@@ -10,12 +10,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from imgcomp.autoencoder import Autoencoder, pad_to_multiple
-from imgcomp.bitstream import BitstreamError, Header, model_fingerprint, pack, unpack
-from imgcomp.coding import IntegerContextModel, decode_symbols, encode_symbols
-from imgcomp.imageio import ImageLike, read_image
-from imgcomp.probclass import ProbClassifier
-from imgcomp.quantizer import Quantizer
+from imgcomp.base.image_files import ImageLike, read_image
+from imgcomp.entropy_coding.bitstream import BitstreamError, Header, model_fingerprint, pack, unpack
+from imgcomp.entropy_coding.context_coding import (
+    IntegerContextModel,
+    decode_symbols,
+    encode_symbols,
+)
+from imgcomp.nets.autoencoder import Autoencoder, pad_to_multiple
+from imgcomp.nets.probclass import ProbClassifier
+from imgcomp.nets.quantizer import Quantizer
 
 
 class CodecOutput(NamedTuple):

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from imgcomp.init import init_weights
+from imgcomp.nets.weight_init import init_weights
 
 
 def causal_mask(kernel_size: int, include_centre: bool) -> Tensor:
@@ -79,7 +79,7 @@ class ProbClassifier(nn.Module):
     context 5 x 9 x 9 for K = 3.
 
     `layers` describes the network; the float forward and the integer coder
-    (imgcomp.coding) both run from it.
+    (imgcomp.entropy_coding.context_coding) both run from it.
     """
 
     def __init__(self, num_centers: int, kernel_size: int = 3, k: int = 24,

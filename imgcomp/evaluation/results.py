@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from imgcomp.atomic import atomic_open
-from imgcomp.metrics import ms_ssim_uint8, psnr_uint8
+from imgcomp.base.atomic import atomic_open
+from imgcomp.evaluation.quality import ms_ssim_uint8, psnr_uint8
 
 MEASURES_HEADER = ("img_name", "bpp", "ms-ssim", "psnr")
 # Distortion metric (as named in measures.csv and by plotter.py --metric) -> attribute of

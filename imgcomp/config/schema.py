@@ -1,6 +1,7 @@
 """Every key of the autoencoder (ae) and probability-model (pc) configs: type, default, meaning.
 
-`load_config(path, AE_SCHEMA)` (imgcomp.config) rejects a key that is not declared here (with
+`load_config(path, AE_SCHEMA)` (imgcomp.config.parsing) rejects a key that is not declared here
+(with
 the nearest declared key as a suggestion) and a value of the wrong type, both named by file and
 line. Keys of the original's configs that the port does not use are accepted and noted.
 

@@ -1,7 +1,7 @@
 """Visual comparison: a crop of one image as the original, our model and classical codecs at
 about our bit rate, with bpp and MS-SSIM (of the whole image) in the labels.
 
-    python -m imgcomp.crops IMAGE --model LOG_DIR [--box X,Y,W,H] [--codecs jpeg,webp,avif]
+    imgcomp crops IMAGE --model LOG_DIR [--box X,Y,W,H] [--codecs jpeg,webp,avif]
                             [-o figs/kodak_crops.png]
 
 Our bpp is that of the real bitstream (`imgcomp encode`); each codec gets the setting whose
@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from imgcomp.api import load_model
-from imgcomp.atomic import atomic_path
-from imgcomp.checkpoint import CheckpointError
-from imgcomp.codecs import CODECS, Codec, roundtrip
-from imgcomp.imageio import ImageReadError, read_image
-from imgcomp.measures import measure
+from imgcomp.base.atomic import atomic_path
+from imgcomp.base.image_files import ImageReadError, read_image
+from imgcomp.checkpoints.log_dirs import CheckpointError
+from imgcomp.checkpoints.zoo import load_model
+from imgcomp.evaluation.baselines import CODECS, Codec, roundtrip
+from imgcomp.evaluation.results import measure
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ def parse_box(text: str) -> tuple[int, int, int, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m imgcomp.crops",
+        prog="imgcomp crops",
         description="Crop of one image: original, our model and classical codecs at about our "
                     "bpp (real file sizes), bpp and whole-image MS-SSIM / PSNR in the labels.")
     p.add_argument("image", type=Path, help="image file, e.g. ../shared/data/kodak/kodim23.png")

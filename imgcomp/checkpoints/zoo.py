@@ -17,8 +17,9 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgcomp.bitstream import model_fingerprint
-from imgcomp.checkpoint import (
+import torch
+
+from imgcomp.checkpoints.log_dirs import (
     CKPTS_DIRNAME,
     CheckpointError,
     checkpoint_path,
@@ -28,6 +29,8 @@ from imgcomp.checkpoint import (
     list_checkpoints,
     load_codec,
 )
+from imgcomp.codec.image_codec import ImageCodec
+from imgcomp.entropy_coding.bitstream import model_fingerprint
 
 MODELS_PATH_ENV = "IMGCOMP_MODELS"
 # A fingerprint as `find` takes it: the hex of bitstream.model_fingerprint's 8 bytes. Only such
@@ -92,7 +95,7 @@ def shipped_models_dir() -> Path:
     models are. In a checkout (or an editable install) the repository's ckpts/; else the copy
     a wheel installed (pyproject.toml's data-files: share/imgcomp/ckpts under the install
     scheme's data path, i.e. the venv or sys.prefix, or the user base after `--user`)."""
-    checkout = Path(__file__).resolve().parents[1]
+    checkout = Path(__file__).resolve().parents[2]
     if (checkout / "pyproject.toml").is_file() and (checkout / "ckpts").is_dir():
         return checkout / "ckpts"
     installed = [Path(sysconfig.get_path("data", scheme), "share", "imgcomp", "ckpts")
@@ -205,3 +208,12 @@ def find_by_fingerprint(fingerprint: bytes) -> KnownModel:
                             f"{_describe(known)}; `imgcomp models` lists their fingerprints); "
                             f"name its log dir as the model, or add the folder holding it to "
                             f"${MODELS_PATH_ENV}")
+
+
+def load_model(model: str | os.PathLike | KnownModel, step: int = -1,
+               device: torch.device | str = "cpu") -> ImageCodec:
+    """A model (a shipped name, a log dir or its ckpts/, or a known job id or fingerprint: see
+    `find`; or a KnownModel already found) at checkpoint `step` (-1: latest), in eval mode,
+    ready to compress and decompress."""
+    known = model if isinstance(model, KnownModel) else find(model)
+    return load_codec(ckpt_dir_of(known.log_dir), step, torch.device(device))

@@ -19,18 +19,23 @@ from typing import Any
 
 import torch
 
-from imgcomp.atomic import atomic_write_bytes
-from imgcomp.config import Config, config_job_name, config_to_text, load_config
-from imgcomp.config_schema import AE_SCHEMA, PC_SCHEMA
-from imgcomp.convert import (
+from imgcomp.base.atomic import atomic_write_bytes
+from imgcomp.codec.image_codec import ImageCodec
+from imgcomp.config.parsing import (
     RESTORE_PREFIX,
+    Config,
+    config_job_name,
+    config_to_text,
+    load_config,
+)
+from imgcomp.config.schema import AE_SCHEMA, PC_SCHEMA
+from imgcomp.original.tf_bundle import TFCheckpointError, list_tf_checkpoints
+from imgcomp.original.tf_log_dirs import (
     TFLogDirError,
     configs_from_log_dir_name,
     is_tf_ckpt_dir,
     read_tf_state,
 )
-from imgcomp.model import ImageCodec
-from imgcomp.tf_checkpoint import TFCheckpointError, list_tf_checkpoints
 
 CKPTS_DIRNAME = "ckpts"
 AE_CONFIG_NAME = "ae_config"
@@ -250,7 +255,7 @@ def prune_checkpoints(ckpt_dir: Path, keep: int, keep_every_hours: float | None 
         recorded = {int(s): float(t) for s, t in json.loads(record.read_text()).items()}
     except (OSError, ValueError, AttributeError):
         recorded = {}  # no record yet, or unreadable: nothing preserved so far
-    # Without the rule (imgcomp.ship), preserved checkpoints are pruned like the others.
+    # Without the rule (imgcomp.checkpoints.ship), preserved checkpoints are pruned like the others.
     preserved = ({s: t for s, t in recorded.items() if s in steps}
                  if keep_every_hours is not None else {})
     anchor = max([run_start or 0.0, *preserved.values()])

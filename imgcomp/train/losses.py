@@ -8,8 +8,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from imgcomp.metrics import ms_ssim, psnr_from_mse
-from imgcomp.model import CodecOutput, ImageCodec
+from imgcomp.codec.image_codec import CodecOutput, ImageCodec
+from imgcomp.evaluation.quality import ms_ssim, psnr_from_mse
 
 
 class LossTerms(NamedTuple):

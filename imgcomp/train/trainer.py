@@ -1,7 +1,7 @@
 """Training: the Trainer (model, optimizers, one step, evaluation, checkpoint state) and
 train.py's run: loaders, restore, log dir, the loop with its summaries and checkpoints.
 
-`python train.py AE_CONFIG PC_CONFIG ...` calls `main` (flags: imgcomp.train_args). Under
+`python train.py AE_CONFIG PC_CONFIG ...` calls `main` (flags: imgcomp.train.flags). Under
 torchrun every rank trains; the main rank alone prints, tests and writes the log dir,
 checkpoints, TensorBoard events and console.log (its console lines, see _ConsoleLog).
 """
@@ -28,22 +28,22 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 
-from imgcomp import checkpoint as ckpt
-from imgcomp.config import Config, ConfigError, load_config_with_notes
-from imgcomp.config_schema import AE_SCHEMA, PC_SCHEMA
-from imgcomp.data import EpochDataLoader, make_loader
-from imgcomp.device import select_device
-from imgcomp.distributed import World, all_ranks_agree, any_rank, close_world, init_world
-from imgcomp.imageio import DatasetError
-from imgcomp.losses import LossTerms, compute_loss
-from imgcomp.model import CodecOutput, ImageCodec
-from imgcomp.optimization import learning_rate, make_optimizer, steps_per_epoch
-from imgcomp.train_args import (
+from imgcomp.base.device import select_device
+from imgcomp.base.distributed import World, all_ranks_agree, any_rank, close_world, init_world
+from imgcomp.base.image_files import DatasetError
+from imgcomp.checkpoints import log_dirs as ckpt
+from imgcomp.codec.image_codec import CodecOutput, ImageCodec
+from imgcomp.config.parsing import Config, ConfigError, load_config_with_notes
+from imgcomp.config.schema import AE_SCHEMA, PC_SCHEMA
+from imgcomp.data.loaders import EpochDataLoader, make_loader
+from imgcomp.train.flags import (
     DESCRIPTION_NAME,
     build_arg_parser,
     resolve_restore_flags,
     restore_skip_vars,
 )
+from imgcomp.train.losses import LossTerms, compute_loss
+from imgcomp.train.optimization import learning_rate, make_optimizer, steps_per_epoch
 
 CONSOLE_LOG_NAME = "console.log"  # in the log dir: train.py's console lines
 _log = logging.getLogger("imgcomp.train")
@@ -265,7 +265,8 @@ class Trainer:
             self.step = 0
             return [n for n in names if skipped(n)]
         self.step = int(state["step"])
-        # Shipped checkpoints hold no optimizer states (imgcomp.ship): Adam starts afresh.
+        # Shipped checkpoints hold no optimizer states (imgcomp.checkpoints.ship): Adam starts
+        # afresh.
         if not skip_vars and "ae_optimizer" in state:
             self.ae_optimizer.load_state_dict(state["ae_optimizer"])
             self.pc_optimizer.load_state_dict(state["pc_optimizer"])
@@ -434,7 +435,7 @@ def _check_restore_continue(args: argparse.Namespace, ae_cfg: Config, pc_cfg: Co
         raise ckpt.CheckpointError(
             f"{args.restore} was written by the original (TF checkpoints): restore it "
             "without --restore_continue, into a new log dir, or convert it first "
-            "(python -m imgcomp.convert)")
+            "(imgcomp convert)")
     changes = ckpt.config_changes(ckpt.read_configs(ckpt_dir), (ae_cfg, pc_cfg))
     if changes and not args.restore_allow_config_change:
         raise ckpt.CheckpointError(

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from imgcomp.init import init_weights
+from imgcomp.nets.weight_init import init_weights
 
 # Per-channel statistics of ImageNet used by the original's FIXED normalization.
 _FIXED_MEAN = (121.85369873, 113.58860779, 100.63715363)

@@ -1,22 +1,17 @@
-"""Log dirs written by the original TensorFlow code: their configs, their weights in our model,
-and conversion to a log dir of ours.
+"""Log dirs written by the original TensorFlow code: their configs and their weights in our
+model.
 
 An original log dir is `ROOT/<JOB_ID> <ae config> <pc config>/ckpts/` holding TF1 checkpoints
-`ckpt-STEP.index` + `ckpt-STEP.data-*` (read by imgcomp.tf_checkpoint, without TensorFlow),
+`ckpt-STEP.index` + `ckpt-STEP.data-*` (read by imgcomp.original.tf_bundle, without TensorFlow),
 TF's `checkpoint` file and `var_names.pkl`. The configs are not in it: as the original's val.py,
 they are resolved from the dir name (`cvpr@med` -> `ae_configs/cvpr/med`).
-
-    python -m imgcomp.convert ROOT JOB_ID -o OUT_ROOT
-
-writes `OUT_ROOT/<JOB_ID> <ae> <pc>/ckpts/` with `ckpt-STEP.pt` and the flattened configs.
+`imgcomp convert` (imgcomp.checkpoints.from_original) writes one as a log dir of ours.
 """
 
 from __future__ import annotations
 
-import argparse
 import glob
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,15 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from imgcomp.config import Config, ConfigError, load_config
-from imgcomp.config_schema import AE_SCHEMA, PC_SCHEMA
-from imgcomp.model import ImageCodec
-from imgcomp.tf_checkpoint import TFCheckpointError, read_tf_checkpoint
+from imgcomp.codec.image_codec import ImageCodec
+from imgcomp.config.parsing import RESTORE_PREFIX, Config, ConfigError, load_config
+from imgcomp.config.schema import AE_SCHEMA, PC_SCHEMA
+from imgcomp.original.tf_bundle import read_tf_checkpoint
 
 # Where `cvpr@med` is looked up: $CONFIG_BASE_AE / $CONFIG_BASE_PC (as the original), the
 # working directory's ae_configs / pc_configs (the original's default), then this checkout's.
-_REPO_ROOT = Path(__file__).resolve().parents[1]
-RESTORE_PREFIX = "RESTORE@"  # of a log dir made by restoring another (checkpoint.py)
+_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class TFLogDirError(ValueError):
@@ -153,38 +147,3 @@ def read_tf_state(prefix: str | os.PathLike, ae_cfg: Config, pc_cfg: Config
         state[ours] = value
     return {"step": int(tensors["global_step"]), "model": state,
             "tf_names": {ours: tf for ours, tf, _ in mapping}}
-
-
-def main(argv: list[str] | None = None) -> int:
-    from imgcomp import checkpoint as ckpt
-
-    p = argparse.ArgumentParser(prog="python -m imgcomp.convert", description=(
-        "Convert a log dir written by the original TensorFlow code (ROOT/<JOB_ID> ...) into a "
-        "log dir of ours (ckpt-STEP.pt + flattened configs), without TensorFlow."))
-    p.add_argument("log_dir_root", help="folder holding the original's log dirs")
-    p.add_argument("job_id", help="job id (MMDD_HHMM prefix of the log dir)")
-    p.add_argument("-o", "--out_root", required=True, help="where the converted log dir goes")
-    p.add_argument("--restore_itr", type=int, default=-1,
-                   help="latest checkpoint with step <= this (-1: the latest)")
-    args = p.parse_args(argv)
-    try:
-        log_dir = ckpt.find_log_dir(args.log_dir_root, args.job_id)
-        ckpt_dir = log_dir / ckpt.CKPTS_DIRNAME
-        if not is_tf_ckpt_dir(ckpt_dir):
-            raise TFLogDirError(f"{log_dir} has no TF checkpoints (ckpt-STEP.index)")
-        ae_cfg, pc_cfg = configs_from_log_dir_name(log_dir)
-        state = read_tf_state(ckpt.checkpoint_path(ckpt_dir, args.restore_itr), ae_cfg, pc_cfg)
-        out_dir = Path(args.out_root) / log_dir.name / ckpt.CKPTS_DIRNAME
-        out_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.write_configs(out_dir, ae_cfg, pc_cfg)
-        step = state["step"]
-        path = ckpt.save_checkpoint(out_dir, step, {"model": state["model"]}, keep=0)
-    except (ckpt.CheckpointError, TFLogDirError, TFCheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"Wrote {path} (step {step}) and its configs")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""`python -m imgcomp.ship LOG_DIR...`: make trained log dirs small enough to commit.
+"""`python -m imgcomp.checkpoints.ship LOG_DIR...`: make trained log dirs small enough to commit.
 
 Keeps the latest checkpoint without its optimizer states (a third of its size; training
 resumed from it starts Adam afresh) and the TensorBoard events without their image
@@ -15,8 +15,8 @@ from tensorboard.backend.event_processing.event_file_loader import RawEventFileL
 from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.summary.writer.record_writer import RecordWriter
 
-from imgcomp import checkpoint as ckpt
-from imgcomp.atomic import atomic_open
+from imgcomp.base.atomic import atomic_open
+from imgcomp.checkpoints import log_dirs as ckpt
 
 # What val.py, the codec and a resumed run need; the optimizer states are left out.
 SHIPPED_STATE = ("model", "ae_schedule", "pc_schedule")
@@ -70,7 +70,7 @@ def ship(log_dir: Path) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m imgcomp.ship", description="Make trained log dirs small enough to "
+        prog="imgcomp ship", description="Make trained log dirs small enough to "
         "commit: the latest checkpoint without optimizer states, the TensorBoard events "
         "without images. Changes the log dirs in place.")
     p.add_argument("log_dirs", nargs="+", metavar="LOG_DIR", type=Path,

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 import torch
 
-from imgcomp.config import Config
+from imgcomp.config.parsing import Config
 
 
 class TF1Adam(torch.optim.Adam):

@@ -28,8 +28,8 @@ import PIL
 from PIL import Image, features
 from tqdm import tqdm
 
-from imgcomp.imageio import ImageReadError, read_image, resolve_images
-from imgcomp.measures import Measure, mean_measures, measure, write_measures_csv
+from imgcomp.base.image_files import ImageReadError, read_image, resolve_images
+from imgcomp.evaluation.results import Measure, mean_measures, measure, write_measures_csv
 
 Setting = int | float  # a quality or compression ratio; float only where Codec.fractional
 DEFAULT_RESULTS_ROOT = "other_codecs"

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from imgcomp.autoencoder import SUBSAMPLING
+from imgcomp.nets.autoencoder import SUBSAMPLING
 
 MAGIC = b"IMGC"
 FORMAT_VERSION = 1

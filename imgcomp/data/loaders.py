@@ -4,9 +4,9 @@ A dataset spec (as in the original train.py) is one of
 
 - ``imgnet_train`` / ``imgnet_test``: TFRecords ``$RECORDS_ROOT/train/*.tfrecord`` resp.
   ``$RECORDS_ROOT/val/*.tfrecord``; each record is a tf.train.Example whose bytes feature
-  ``image/encoded`` holds an encoded image (write them with ``python -m imgcomp.records``);
+  ``image/encoded`` holds an encoded image (write them with ``python -m imgcomp.data.records``);
 - a glob of image files (``'imgs/*.png'``, ``**`` recursive), any format Pillow reads;
-- a directory: the images in it (see ``imgcomp.imageio.IMAGE_EXTENSIONS``), sorted.
+- a directory: the images in it (see ``imgcomp.base.image_files.IMAGE_EXTENSIONS``), sorted.
 
 ``make_loader`` yields float32 batches N x 3 x H x W with values in [0, 255]. Every iteration
 over a loader is a new epoch: new order and new random crops, reproducible from the seed.
@@ -28,7 +28,7 @@ from tfrecord import example_pb2
 from tfrecord.reader import tfrecord_iterator
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
-from imgcomp.imageio import DatasetError, ImageReadError, read_image, resolve_image_paths
+from imgcomp.base.image_files import DatasetError, ImageReadError, read_image, resolve_image_paths
 
 # Spec name -> subdirectory of $RECORDS_ROOT.
 RECORDS_SPECS = {"imgnet_train": "train", "imgnet_test": "val"}
@@ -340,7 +340,7 @@ def _record_files(spec: str) -> list[Path]:
             f"(TFRecords are read from $RECORDS_ROOT/{subdir}/*.tfrecord)"
         )
     pattern = Path(os.path.expanduser(root), subdir, "*.tfrecord")
-    # Hidden files are temporaries of a records write that was killed (imgcomp.atomic).
+    # Hidden files are temporaries of a records write that was killed (imgcomp.base.atomic).
     files = sorted(p for p in pattern.parent.glob(pattern.name) if not p.name.startswith("."))
     if not files:
         raise DatasetError(f"dataset {spec!r}: no files match {pattern} (from RECORDS_ROOT)")

@@ -12,7 +12,7 @@ File format (one statement per logical line)::
 Values are evaluated by a small whitelist evaluator over Python's ``ast`` (literals, tuples,
 lists, dicts, unary +/-, arithmetic and previously defined names); nothing is ever executed.
 
-Given a schema (imgcomp.config_schema: AE_SCHEMA, PC_SCHEMA), every name assigned must be a
+Given a schema (imgcomp.config.schema: AE_SCHEMA, PC_SCHEMA), every name assigned must be a
 declared key of the right type; the original's keys that the port ignores are noted.
 """
 
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imgcomp.config_schema import ConfigSchema
+from imgcomp.config.schema import ConfigSchema
 
 __all__ = ["Config", "ConfigError", "config_job_name", "config_to_text", "load_config",
            "load_config_with_notes"]
@@ -394,6 +394,10 @@ def config_to_text(cfg: Config) -> str:
     ]
     lines += [f"{name} = {_format_value(value)}" for name, value in cfg.items()]
     return "\n".join(lines) + "\n"
+
+
+# In a log dir's name, the part naming the log dir it was restored from (the original's and ours).
+RESTORE_PREFIX = "RESTORE@"
 
 
 def config_job_name(path: str | os.PathLike) -> str:

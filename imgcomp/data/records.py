@@ -1,9 +1,9 @@
 """Write image files into TFRecords (replaces fjcommon's ``mk_img_rec``).
 
-    python -m imgcomp.records mk_img_rec FILES... -o OUT.tfrecord [--feature_key image/encoded]
+    python -m imgcomp.data.records mk_img_rec FILES... -o OUT.tfrecord [--feature_key image/encoded]
         [--assert_size LENGTH] [--resize_short_side 256] [--workers N]
-    python -m imgcomp.records mk_img_rec FILES... -o OUT_DIR --shard_size 1250 [--prefix P] ...
-    python -m imgcomp.records mk_img_rec FILES... -o OUT_DIR [--num_per_shard 1000]
+    python -m imgcomp.data.records mk_img_rec FILES... -o OUT_DIR --shard_size 1250 [--prefix P] ...
+    python -m imgcomp.data.records mk_img_rec FILES... -o OUT_DIR [--num_per_shard 1000]
         [--prefix shard] ...
 
 As the original (`python -m fjcommon tf_records mk_img_rec FILES -o OUTPUT_PATH`), `-o` names
@@ -18,7 +18,7 @@ The whole "Prepare ImageNET" of the original README after unpacking (GNU paralle
 ImageMagick's `convert IMG -resize "256x256^" IMG` on every file, then that loop) is one
 command per split:
 
-    python -m imgcomp.records mk_img_rec "train/*/*.JPEG" -o records/train --shard_size 1250 \\
+    python -m imgcomp.data.records mk_img_rec "train/*/*.JPEG" -o records/train --shard_size 1250 \\
         --resize_short_side 256 --workers 8 --feature_key image/encoded
 
 --resize_short_side S does that ImageMagick step on the way, leaving the files as they are:
@@ -32,7 +32,7 @@ S is stored as it is (ImageMagick would re-encode it at the same quality). Witho
 each record holds the file's bytes as they are.
 
 Each record is a tf.train.Example whose bytes feature holds an encoded image, readable by
-TensorFlow and by ``imgcomp.data`` (``imgnet_train``/``imgnet_test`` read
+TensorFlow and by ``imgcomp.data.loaders`` (``imgnet_train``/``imgnet_test`` read
 ``$RECORDS_ROOT/train/*.tfrecord`` and ``$RECORDS_ROOT/val/*.tfrecord``). FILES may also be
 (quoted) globs (`**` for any depth) or directories, for lists too long for the shell.
 --workers N decodes (and resizes) in N processes; a progress bar goes to stderr.
@@ -57,9 +57,9 @@ from PIL import Image, JpegImagePlugin
 from tfrecord.writer import TFRecordWriter
 from tqdm import tqdm
 
-from imgcomp.atomic import atomic_path
-from imgcomp.data import FEATURE_KEY, DataWarning, count_tfrecords
-from imgcomp.imageio import DatasetError, resolve_image_paths
+from imgcomp.base.atomic import atomic_path
+from imgcomp.base.image_files import DatasetError, resolve_image_paths
+from imgcomp.data.loaders import FEATURE_KEY, DataWarning, count_tfrecords
 
 # Shard file names, formatted with the prefix, the shard's index from 0 and number from 1.
 SHARD_NAME = "{prefix}_{index:05d}.tfrecord"  # --num_per_shard
@@ -254,7 +254,7 @@ def _print_warning(message, category, filename, lineno, file=None, line=None) ->
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit code."""
     parser = argparse.ArgumentParser(
-        prog="python -m imgcomp.records",
+        prog="imgcomp records",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -1,0 +1,7 @@
+"""The small base every other part may use: atomic file writes (`atomic`), the CPU/CUDA
+choice of every entry point (`device`), torchrun process groups (`distributed`), and image files
+in and out as H x W x 3 uint8 RGB, with the image sets named by a folder, a glob, `kodak` or
+`samples` (`image_files`). It knows nothing of models, configs or log dirs.
+
+May import: nothing from imgcomp.
+"""

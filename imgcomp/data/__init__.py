@@ -1,0 +1,6 @@
+"""Training data: loaders of random crops from image folders, globs and TFRecords, with the
+original's epoch semantics (`loaders`), and the TFRecord writer, the original's `mk_img_rec`
+(`records`, `imgcomp records`).
+
+May import: imgcomp.base.
+"""
