@@ -3,7 +3,7 @@
 
 import sys
 
-from imgcomp.train.trainer import main
+from imgcomp.train.run import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,7 +21,7 @@ from imgcomp.base.image_files import read_image
 from imgcomp.checkpoints.log_dirs import load_codec
 from imgcomp.codec.image_codec import ImageCodec
 from imgcomp.config.parsing import load_config
-from imgcomp.entropy_coding import context_coding as coding
+from imgcomp.entropy_coding import range_coding
 from imgcomp.entropy_coding.bitstream import unpack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,7 +91,7 @@ def decode(model: ImageCodec, data: bytes, symbols: torch.Tensor, h: int, w: int
     """File -> image: (total s, wavefront s, probability tables s, autoencoder s), timing the
     probability tables inside the wavefront separately."""
     tables_s = 0.0
-    real_probabilities = coding.probabilities
+    real_probabilities = range_coding.probabilities
 
     def timed_probabilities(logits):
         nonlocal tables_s
@@ -100,7 +100,7 @@ def decode(model: ImageCodec, data: bytes, symbols: torch.Tensor, h: int, w: int
         tables_s += time.perf_counter() - t
         return result
 
-    coding.probabilities = timed_probabilities
+    range_coding.probabilities = timed_probabilities
     try:
         start = time.perf_counter()
         _, decoded = model.decode_symbols(data)
@@ -108,7 +108,7 @@ def decode(model: ImageCodec, data: bytes, symbols: torch.Tensor, h: int, w: int
         model.reconstruct(decoded, h, w)
         t_end = time.perf_counter()
     finally:
-        coding.probabilities = real_probabilities
+        range_coding.probabilities = real_probabilities
     assert torch.equal(decoded, symbols), "decoded symbols differ"
     return t_end - start, t_symbols - start - tables_s, tables_s, t_end - t_symbols
 

@@ -24,7 +24,8 @@ from imgcomp.entropy_coding import bitstream
 
 # The shipped model used when none is named.
 DEFAULT_MODEL = "med"
-__all__ = ["DEFAULT_MODEL", "compress", "decompress", "default_model_dir", "load_model"]
+__all__ = ["DEFAULT_MODEL", "clear_caches", "compress", "decompress", "default_model_dir",
+           "load_model"]
 DEFAULT_JOB = next(row.job_id for row in zoo.SHIPPED if row.name == DEFAULT_MODEL)
 
 
@@ -56,6 +57,13 @@ def _find(spec: str, models_path: str | None, cwd: str) -> zoo.KnownModel:
 def _find_by_fingerprint(fingerprint: bytes, models_path: str | None,
                          cwd: str) -> zoo.KnownModel:
     return zoo.find_by_fingerprint(fingerprint)
+
+
+def clear_caches() -> None:
+    """Forget the models `compress` and `decompress` loaded and looked up (e.g. after a log
+    dir's checkpoint was replaced)."""
+    for cached in (_cached_model, _find, _find_by_fingerprint):
+        cached.cache_clear()
 
 
 def compress(image: ImageLike, model: str | os.PathLike | None = None) -> bytes:

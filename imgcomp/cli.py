@@ -84,7 +84,7 @@ def _add_codec_commands(sub: argparse._SubParsersAction) -> None:
 # Subcommands that hand the rest of the command line, unchanged, to the entry point of one of
 # the original's scripts (flags and --help exactly the script's): name -> (module, help).
 SCRIPT_COMMANDS = {
-    "train": ("imgcomp.train.trainer", "train a model (train.py)"),
+    "train": ("imgcomp.train.run", "train a model (train.py)"),
     "val": ("imgcomp.evaluation.validation",
             "bpp, MS-SSIM, PSNR of trained jobs on images (val.py)"),
     "plot": ("imgcomp.evaluation.plotting", "rate-distortion plot and BD-rates (plotter.py)"),

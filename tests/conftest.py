@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from imgcomp.config.parsing import Config, load_config
-from imgcomp.train import trainer as training
+from imgcomp.train import run as train_run
 
 TINY_CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -73,7 +73,7 @@ def trained_log_dir(tmp_path_factory, ae_tiny, pc_tiny, train_images) -> Path:
     train and test summaries (scalars, images, histograms) at every step. Read-only."""
     logs = tmp_path_factory.mktemp("trained") / "logs"
     data = str(train_images)
-    assert training.main([ae_tiny, pc_tiny, "--dataset_train", data, "--dataset_test", data,
+    assert train_run.main([ae_tiny, pc_tiny, "--dataset_train", data, "--dataset_test", data,
                           "--log_dir_root", str(logs), "--max_steps", "3",
                           "--log_interval_train", "1", "--log_interval_test", "1",
                           "--log_interval_save", "1", "--num_workers", "0"]) == 0

@@ -9,7 +9,8 @@ import torch
 from imgcomp.base.distributed import close_world, init_world
 from imgcomp.config.parsing import load_config
 from imgcomp.data.loaders import make_loader
-from imgcomp.train.trainer import Trainer, _batches_forever
+from imgcomp.train.loop import batches_forever
+from imgcomp.train.trainer import Trainer
 
 
 def main(ae_config: str, pc_config: str, dataset: str, out_dir: str) -> None:
@@ -21,7 +22,7 @@ def main(ae_config: str, pc_config: str, dataset: str, out_dir: str) -> None:
                                      world_size=world.world_size)
     trainer = Trainer(ae_cfg, pc_cfg, device, num_images, world)
     batches = []
-    for step, x in enumerate(_batches_forever(loader)):  # several epochs
+    for step, x in enumerate(batches_forever(loader)):  # several epochs
         if step == 3:
             break
         batches.append(float(x.double().sum()))

@@ -13,7 +13,7 @@ import sys
 
 import torch._dynamo  # noqa: F401
 
-from imgcomp.train import trainer as training
+from imgcomp.train import run as train_run
 
 
 def main() -> None:
@@ -24,7 +24,7 @@ def main() -> None:
             fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             os.dup2(fd, 1)
             os.dup2(fd, 2)
-            code = training.main(json.loads(argv))
+            code = train_run.main(json.loads(argv))
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)

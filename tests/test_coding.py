@@ -12,15 +12,10 @@ from imgcomp.api import load_model
 from imgcomp.checkpoints.log_dirs import load_codec
 from imgcomp.entropy_coding import bitstream
 from imgcomp.entropy_coding.bitstream import BitstreamError
-from imgcomp.entropy_coding.context_coding import (
-    ACT_FRAC_BITS,
-    IntegerContextModel,
-    _Extent,
-    _wavefront_time,
-    decode_symbols,
-    encode_symbols,
-    probabilities,
-)
+from imgcomp.entropy_coding.integer_layers import ACT_FRAC_BITS
+from imgcomp.entropy_coding.integer_model import IntegerContextModel, probabilities
+from imgcomp.entropy_coding.range_coding import decode_symbols, encode_symbols
+from imgcomp.entropy_coding.wavefront import Extent, wavefront_time
 from imgcomp.nets.autoencoder import pad_to_multiple
 from imgcomp.nets.probclass import ProbClassifier
 
@@ -104,10 +99,10 @@ def test_deeper_wider_context_model_round_trip():
 def test_wavefront_slabs_give_the_coding_order(shape, reach):
     """Positions made some steps at a time, row by row, and concatenated are the positions
     sorted by wavefront time, then flat index (the coding order)."""
-    extent = _Extent(-2, -1, -3, *shape)
+    extent = Extent(-2, -1, -3, *shape)
     d, h, w = np.meshgrid(np.arange(shape[0]) - 2, np.arange(shape[1]) - 1,
                           np.arange(shape[2]) - 3, indexing="ij")
-    times = _wavefront_time(d.ravel(), h.ravel(), w.ravel(), reach)
+    times = wavefront_time(d.ravel(), h.ravel(), w.ravel(), reach)
     expected = np.argsort(times, kind="stable")
     first, end = int(times.min()), int(times.max()) + 1
     for slab in (1, 3, 16, end - first):

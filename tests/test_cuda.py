@@ -13,7 +13,8 @@ from imgcomp.checkpoints import log_dirs as ckpt
 from imgcomp.evaluation import validation
 from imgcomp.evaluation.quality import psnr
 from imgcomp.evaluation.results import read_measures_csv
-from imgcomp.train import trainer as training
+from imgcomp.train import run as train_run
+from imgcomp.train import trainer as trainer_module
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -28,7 +29,7 @@ def photo():
 def test_training_on_cuda_resumes_on_cpu(tmp_path, tiny_configs):
     torch.manual_seed(0)
     ae_cfg, pc_cfg = tiny_configs
-    trainer = training.Trainer(ae_cfg, pc_cfg, CUDA, num_train_images=100)
+    trainer = trainer_module.Trainer(ae_cfg, pc_cfg, CUDA, num_train_images=100)
     x = torch.rand(4, 3, 32, 32, device=CUDA) * 255
     first = trainer.train_step(x)
     for _ in range(10):
@@ -37,7 +38,7 @@ def test_training_on_cuda_resumes_on_cpu(tmp_path, tiny_configs):
     assert all(p.is_cuda for p in trainer.model.parameters())
     # A checkpoint written on the GPU restores on the CPU with its optimizer state.
     path = ckpt.save_checkpoint(tmp_path, trainer.step, trainer.state_dict())
-    on_cpu = training.Trainer(ae_cfg, pc_cfg, CPU, num_train_images=100)
+    on_cpu = trainer_module.Trainer(ae_cfg, pc_cfg, CPU, num_train_images=100)
     on_cpu.restore(ckpt.load_checkpoint(path, CPU), [])
     assert on_cpu.step == 11
     assert on_cpu.train_step(x.cpu()) is not None
@@ -48,7 +49,7 @@ def test_train_and_val_commands_on_cuda(tmp_path, photo, ae_tiny, pc_tiny):
     images.mkdir()
     for i in range(4):  # the tiny config's batch
         Image.fromarray(photo[:, 72 * i:72 * i + 160]).save(images / f"{i}.png")
-    assert training.main([ae_tiny, pc_tiny, "--dataset_train", str(images), "--dataset_test",
+    assert train_run.main([ae_tiny, pc_tiny, "--dataset_train", str(images), "--dataset_test",
                           str(images), "--log_dir_root", str(tmp_path / "logs"),
                           "--max_steps", "4", "--device", "cuda", "--num_workers", "1"]) == 0
     (log_dir,) = (tmp_path / "logs").iterdir()

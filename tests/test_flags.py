@@ -21,7 +21,8 @@ from imgcomp.data.records import main as records_main
 from imgcomp.evaluation import plotting, validation
 from imgcomp.evaluation import results as measures
 from imgcomp.train import flags as train_args
-from imgcomp.train import trainer as training
+from imgcomp.train import run as train_run
+from imgcomp.train import trainer as trainer_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +34,7 @@ def run_train(tmp_path, ae_tiny, pc_tiny, train_images):
     def run(*extra: str, test_set: str | None = None) -> tuple[int, Path]:
         data = str(train_images / "*.png")
         logs = tmp_path / "logs"
-        code = training.main([ae_tiny, pc_tiny, "-dtrain", data, "-dtest", test_set or data,
+        code = train_run.main([ae_tiny, pc_tiny, "-dtrain", data, "-dtest", test_set or data,
                               "-o", str(logs), "--num_workers", "0", *extra])
         return code, logs
 
@@ -111,7 +112,7 @@ def test_from_identity_and_ignored_flags_notes():
 
 def _trained_state(ae_cfg, pc_cfg) -> dict:
     torch.manual_seed(0)
-    trainer = training.Trainer(ae_cfg, pc_cfg, torch.device("cpu"), num_train_images=100)
+    trainer = trainer_module.Trainer(ae_cfg, pc_cfg, torch.device("cpu"), num_train_images=100)
     x = torch.rand(4, 3, 32, 32) * 255
     for _ in range(2):
         trainer.train_step(x)
@@ -122,7 +123,7 @@ def test_restore_skip_vars_match_substrings_of_state_dict_names(tiny_configs):
     ae_cfg, pc_cfg = tiny_configs
     state = _trained_state(ae_cfg, pc_cfg)
     torch.manual_seed(1)
-    fresh = training.Trainer(ae_cfg, pc_cfg, torch.device("cpu"), num_train_images=100)
+    fresh = trainer_module.Trainer(ae_cfg, pc_cfg, torch.device("cpu"), num_train_images=100)
     init = {k: v.clone() for k, v in fresh.model.state_dict().items()}
     # 'centers' is inside 'quantizer.centers', not a prefix of it.
     skipped = fresh.restore(state, ["centers"])
@@ -134,7 +135,7 @@ def test_restore_skip_vars_match_substrings_of_state_dict_names(tiny_configs):
     assert fresh.step == 2
     assert not fresh.ae_optimizer.state and not fresh.pc_optimizer.state  # Adam afresh
 
-    everything = training.Trainer(ae_cfg, pc_cfg, torch.device("cpu"), num_train_images=100)
+    everything = trainer_module.Trainer(ae_cfg, pc_cfg, torch.device("cpu"), num_train_images=100)
     assert everything.restore(state, []) == []
     assert everything.ae_optimizer.state  # nothing skipped: Adam's moments restored
 
@@ -142,7 +143,7 @@ def test_restore_skip_vars_match_substrings_of_state_dict_names(tiny_configs):
 def test_restore_skipping_global_step_and_adam_starts_at_step_0(tiny_configs):
     ae_cfg, pc_cfg = tiny_configs
     state = _trained_state(ae_cfg, pc_cfg)
-    trainer = training.Trainer(ae_cfg, pc_cfg, torch.device("cpu"), num_train_images=100)
+    trainer = trainer_module.Trainer(ae_cfg, pc_cfg, torch.device("cpu"), num_train_images=100)
     skipped = trainer.restore(state, train_args.FROM_IDENTITY_SKIP_VARS.split(","))
     assert skipped == ["global_step", "Adam_AE", "Adam_PC"]
     assert trainer.step == 0 and trainer.state_dict()["ae_schedule"]["last_epoch"] == 0
@@ -263,7 +264,7 @@ def test_keep_every_hours_rule(tmp_path):
 def test_description_and_temporary(tmp_path, ae_tiny, pc_tiny, train_images, capsys):
     data = train_images
     logs = tmp_path / "logs"
-    code = training.main([ae_tiny, pc_tiny, "-dtrain", str(data), "-dtest", str(data),
+    code = train_run.main([ae_tiny, pc_tiny, "-dtrain", str(data), "-dtest", str(data),
                           "-o", f"{logs}{os.sep}", "-t", "-d", "first try", "--max_steps", "1",
                           "-ltest", "-1", "--num_workers", "0"])
     assert code == 0
@@ -279,7 +280,7 @@ def test_description_and_temporary(tmp_path, ae_tiny, pc_tiny, train_images, cap
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
 def test_device_cuda_without_cuda_is_one_error_line():
-    for main, argv in ((training.main, ["ae", "pc"]), (validation.main, ["logs", "j", "kodak"]),
+    for main, argv in ((train_run.main, ["ae", "pc"]), (validation.main, ["logs", "j", "kodak"]),
                        (cli.main, ["encode", "in.png", "-o", "out.imgc"])):
         with pytest.raises(SystemExit) as exit_info:
             main([*argv, "--device", "cuda"])

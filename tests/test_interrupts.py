@@ -16,7 +16,9 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from imgcomp.checkpoints import log_dirs as ckpt
-from imgcomp.train import trainer as training
+from imgcomp.train import loop as train_loop
+from imgcomp.train import run as train_run
+from imgcomp.train import trainer as trainer_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -168,7 +170,7 @@ def test_ctrl_c_finishes_the_step_and_saves_it(fork_trainer, train_argv, tmp_pat
 
 def test_a_second_ctrl_c_interrupts_at_once():
     previous = signal.getsignal(signal.SIGINT)
-    stop = training._StopRequest(announce=False)
+    stop = train_loop.StopRequest(announce=False)
     try:
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.signum == signal.SIGTERM  # SIGTERM again would change nothing
@@ -183,7 +185,7 @@ def test_a_second_ctrl_c_interrupts_at_once():
 
 
 def test_a_second_ctrl_c_exits_without_saving(train_argv, tmp_path, monkeypatch, capfd):
-    real_step = training.Trainer.train_step
+    real_step = trainer_module.Trainer.train_step
 
     def step(self, x):
         if self.step == 2:  # Ctrl-C twice in the third step, before it updates anything
@@ -191,8 +193,8 @@ def test_a_second_ctrl_c_exits_without_saving(train_argv, tmp_path, monkeypatch,
             os.kill(os.getpid(), signal.SIGINT)
         return real_step(self, x)
 
-    monkeypatch.setattr(training.Trainer, "train_step", step)
-    assert training.main(train_argv) == 130
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", step)
+    assert train_run.main(train_argv) == 130
     captured = capfd.readouterr()
     assert "Ctrl-C again" in captured.err and "exiting without saving" in captured.err
     assert "(last step)" not in captured.out

@@ -29,7 +29,8 @@ from imgcomp.evaluation import validation
 from imgcomp.evaluation.quality import ms_ssim
 from imgcomp.nets.autoencoder import importance_mask
 from imgcomp.original.tf_log_dirs import tf_variable_map
-from imgcomp.train import trainer as training
+from imgcomp.train import run as train_run
+from imgcomp.train import trainer as trainer_module
 from imgcomp.train.losses import compute_loss
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,7 +138,7 @@ def test_one_training_step_as_the_original(logs, oracle):
     io, step = oracle
     ae_cfg, pc_cfg = ckpt.read_configs(logs / LOG_DIR_NAME)
     torch.manual_seed(0)
-    trainer = training.Trainer(ae_cfg, pc_cfg, torch.device("cpu"), num_train_images=1281167)
+    trainer = trainer_module.Trainer(ae_cfg, pc_cfg, torch.device("cpu"), num_train_images=1281167)
     state = ckpt.load_checkpoint(ckpt.checkpoint_path(logs / LOG_DIR_NAME))
     trainer.model.load_state_dict(state["model"])
     assert trainer.ae_optimizer.param_groups[0]["lr"] == pytest.approx(float(step["lr_ae"]))
@@ -231,7 +232,7 @@ def test_train_py_fine_tunes_from_the_original_log_dir(logs, oracle, tmp_path, c
             str(images), "--dataset_test", str(images), "--log_dir_root", str(out),
             "--restore", str(logs / LOG_DIR_NAME), "--max_steps", "1", "--num_workers", "0",
             "--restore_skip_vars", "probclass3d/logits/conv3d_conv2_mask"]
-    assert training.main(args) == 0
+    assert train_run.main(args) == 0
     console = capsys.readouterr().out
     assert "its Adam slots are dropped" in console
     assert "2 model variable(s): probclass.conv_out.weight, probclass.conv_out.bias" in console
@@ -244,7 +245,7 @@ def test_train_py_fine_tunes_from_the_original_log_dir(logs, oracle, tmp_path, c
     step_size = (tuned["model"][name] - original["model"][name]).abs().max()
     assert 0 < float(step_size) <= 8e-5 * 1.001  # one Adam step at the config's lr
     # Continuing in place would mix our checkpoints into the original's dir: refused.
-    assert training.main([*args[:-2], "--restore_continue"]) == 1
+    assert train_run.main([*args[:-2], "--restore_continue"]) == 1
     assert "convert it first" in capsys.readouterr().err
 
 

@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from imgcomp.api import load_model
 from imgcomp.checkpoints import log_dirs as ckpt
 from imgcomp.checkpoints import ship
-from imgcomp.train import trainer as training
+from imgcomp.train import run as train_run
 
 
 def _events(log_dir: Path) -> EventAccumulator:
@@ -46,7 +46,7 @@ def test_training_resumes_from_a_shipped_checkpoint(trained_copy, ae_tiny, pc_ti
     assert ship.main([str(log_dir)]) == 0
     capsys.readouterr()
     data = str(train_images)
-    assert training.main([ae_tiny, pc_tiny, "--dataset_train", data, "--dataset_test", data,
+    assert train_run.main([ae_tiny, pc_tiny, "--dataset_train", data, "--dataset_test", data,
                           "--log_dir_root", str(log_dir.parent), "--num_workers", "0",
                           "--max_steps", "5", "--restore", str(log_dir),
                           "--restore_continue"]) == 0

@@ -83,7 +83,7 @@ def _table(items: list[tuple[bytes, bytes]], per_block: int = 3) -> bytes:
 
     def put(block: bytes) -> bytes:  # appends block + trailer, returns its handle
         handle = _varint(len(out)) + _varint(len(block))
-        out.extend(block + b"\x00" + _mask(tfc._crc32c(block + b"\x00")).to_bytes(4, "little"))
+        out.extend(block + b"\x00" + _mask(tfc.crc32c(block + b"\x00")).to_bytes(4, "little"))
         return handle
 
     index = []
@@ -108,7 +108,7 @@ def write_bundle(prefix: Path, tensors: dict[str, np.ndarray], *, num_shards: in
         data = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes()
         shard = shards[i % num_shards]
         items[name.encode()] = _entry_proto(_DT[arr.dtype.name], arr.shape, i % num_shards,
-                                            len(shard), len(data), tfc._crc32c(data))
+                                            len(shard), len(data), tfc.crc32c(data))
         shard += data
     for name, value in (extra or {}).items():
         items[name.encode()] = value
@@ -317,13 +317,13 @@ def test_read_var_names(tmp_path):
 
 
 def test_crc32c_fallback(monkeypatch):
-    assert tfc._crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+    assert tfc.crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
     data = os.urandom(1000)
-    expected = tfc._crc32c(data)
+    expected = tfc.crc32c(data)
     monkeypatch.setattr(tfc, "_fast_crc32c", None)
-    assert tfc._crc32c(b"123456789") == 0xE3069283
-    assert tfc._crc32c(data) == expected
-    assert tfc._unmask_crc(_mask(expected)) == expected
+    assert tfc.crc32c(b"123456789") == 0xE3069283
+    assert tfc.crc32c(data) == expected
+    assert tfc.unmask_crc(_mask(expected)) == expected
 
 
 # --- the original TF code's checkpoint -----------------------------------------------------------
@@ -401,7 +401,7 @@ def test_fixture_corrupt_copies(tmp_path, ckpt):
 
     with open(DATA, "rb") as f:  # a data file cut after 1 MB
         bad_data.write_bytes(f.read(1 << 20))
-    entries = tfc._load_bundle(PREFIX).entries
+    entries = tfc.load_bundle(PREFIX).entries
     inside = [n for n, e in entries.items() if e.offset + e.size <= 1 << 20]
     past = [n for n, e in entries.items() if e.offset + e.size > 1 << 20]
     assert inside and past

@@ -16,11 +16,13 @@ import torch
 
 from imgcomp.checkpoints import log_dirs as ckpt
 from imgcomp.codec.image_codec import ImageCodec
-from imgcomp.config import parsing as config_module
 from imgcomp.config.parsing import Config, load_config
 from imgcomp.data.records import write_image_records
+from imgcomp.train import console as train_console
+from imgcomp.train import heap as train_heap
 from imgcomp.train import optimization
-from imgcomp.train import trainer as training
+from imgcomp.train import run as train_run
+from imgcomp.train import trainer as trainer_module
 from imgcomp.train.losses import compute_loss
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +36,7 @@ def run_train(tmp_path, ae_tiny, pc_tiny, train_images):
     def run(*extra: str, dataset: str | None = None) -> tuple[int, Path]:
         data = dataset or str(train_images / "*.png")
         logs = tmp_path / "logs"
-        code = training.main([ae_tiny, pc_tiny, "--dataset_train", data, "--dataset_test",
+        code = train_run.main([ae_tiny, pc_tiny, "--dataset_train", data, "--dataset_test",
                               data, "--log_dir_root", str(logs), "--num_workers", "0", *extra])
         return code, logs
 
@@ -50,7 +52,7 @@ def _only_log_dir(logs: Path) -> Path:
 def test_loss_decreases_on_a_fixed_batch(tiny_configs):
     torch.manual_seed(0)
     ae_cfg, pc_cfg = tiny_configs
-    trainer = training.Trainer(ae_cfg, pc_cfg, torch.device("cpu"), num_train_images=100)
+    trainer = trainer_module.Trainer(ae_cfg, pc_cfg, torch.device("cpu"), num_train_images=100)
     x = torch.rand(4, 3, 32, 32) * 255
     first = trainer.train_step(x)
     for _ in range(25):
@@ -65,7 +67,7 @@ def test_train_switches_freeze_parts(tiny_configs):
     torch.manual_seed(0)
     ae_cfg = tiny_configs[0]
     frozen = ae_cfg.to_dict() | {"train_autoencoder": False}
-    trainer = training.Trainer(type(ae_cfg)(frozen), tiny_configs[1], torch.device("cpu"),
+    trainer = trainer_module.Trainer(type(ae_cfg)(frozen), tiny_configs[1], torch.device("cpu"),
                                num_train_images=100)
     ae_before = [p.detach().clone() for p in trainer.model.autoencoder.parameters()]
     pc_before = [p.detach().clone() for p in trainer.model.probclass.parameters()]
@@ -78,17 +80,17 @@ def test_train_switches_freeze_parts(tiny_configs):
 
 def test_training_heap_keeps_freed_blocks_and_releases_them_only_on_growth(monkeypatch):
     calls = []
-    monkeypatch.setattr(training, "_MALLOPT", lambda param, value: calls.append(
+    monkeypatch.setattr(train_heap, "MALLOPT", lambda param, value: calls.append(
         (param, value)) or value < 1 << 30)  # refuses 1 GiB, as an old glibc might
     # (now, peak) bytes after steps 1..4: the first step's peak sets the limit
     resident = iter([(700, 1000), (1240, 1240), (1300, 1300), (1300, 1300)])
     free_heap = iter([10**9, 10**3])  # free heap at the two checks over the limit
     trims = []
-    monkeypatch.setattr(training, "resident_bytes", lambda: next(resident))
-    monkeypatch.setattr(training, "_MALLINFO2",
+    monkeypatch.setattr(train_heap, "resident_bytes", lambda: next(resident))
+    monkeypatch.setattr(train_heap, "MALLINFO2",
                         lambda: type("Info", (), {"fordblks": next(free_heap)}))
-    monkeypatch.setattr(training, "_MALLOC_TRIM", trims.append)
-    heap = training.TrainingHeap()
+    monkeypatch.setattr(train_heap, "MALLOC_TRIM", trims.append)
+    heap = train_heap.TrainingHeap()
     # No automatic trimming; large blocks stay in the heap (32 MiB when 1 GiB is refused).
     assert calls == [(-1, -1), (-3, 1 << 30), (-3, 32 << 20)]
     heap.after_step()  # step 1 sets the limit: 25 % over its peak
@@ -102,7 +104,7 @@ def test_training_heap_keeps_freed_blocks_and_releases_them_only_on_growth(monke
 
 
 def test_train_step_frees_gradients_after_the_update(tiny_configs):
-    trainer = training.Trainer(*tiny_configs, torch.device("cpu"), num_train_images=100)
+    trainer = trainer_module.Trainer(*tiny_configs, torch.device("cpu"), num_train_images=100)
     before = [p.detach().clone() for p in trainer.model.parameters()]
     trainer.train_step(torch.rand(2, 3, 32, 32) * 255)
     assert all(p.grad is None for p in trainer.model.parameters())
@@ -133,7 +135,7 @@ def test_learning_rates_equal_the_lambdalr_schedules_of_earlier_versions(stairca
     (base rate * factor(step) for the update from step to step + 1), centres included."""
     ae_cfg = _decaying(tiny_configs[0], staircase, centers_factor=0.3)
     pc_cfg = _decaying(tiny_configs[1], staircase)
-    trainer = training.Trainer(ae_cfg, pc_cfg, torch.device("cpu"), num_train_images=100)
+    trainer = trainer_module.Trainer(ae_cfg, pc_cfg, torch.device("cpu"), num_train_images=100)
     epoch = trainer.steps_per_epoch
     references = []
     for cfg, bases in ((ae_cfg, [ae_cfg.lr_initial, ae_cfg.lr_initial * 0.3]),
@@ -152,7 +154,7 @@ def test_learning_rates_equal_the_lambdalr_schedules_of_earlier_versions(stairca
     assert trainer.learning_rates(299)[0][0] <= ae_cfg.lr_initial * 0.5**5  # it did decay
 
 
-def _rates_in_use(trainer: training.Trainer) -> tuple[list[float], list[float]]:
+def _rates_in_use(trainer: trainer_module.Trainer) -> tuple[list[float], list[float]]:
     return tuple([g["lr"] for g in optimizer.param_groups]
                  for optimizer in (trainer.ae_optimizer, trainer.pc_optimizer))
 
@@ -164,7 +166,7 @@ def test_train_step_uses_the_rates_of_its_step_and_restore_continues_them(tiny_c
     pc_cfg = _decaying(tiny_configs[1], staircase=False)
     torch.manual_seed(0)
     batches = [torch.rand(4, 3, 32, 32) * 255 for _ in range(5)]
-    trainer = training.Trainer(ae_cfg, pc_cfg, torch.device("cpu"), num_train_images=8)
+    trainer = trainer_module.Trainer(ae_cfg, pc_cfg, torch.device("cpu"), num_train_images=8)
     used, saved = [], None
     for step, x in enumerate(batches):
         if step == 3:
@@ -173,7 +175,7 @@ def test_train_step_uses_the_rates_of_its_step_and_restore_continues_them(tiny_c
         used.append(_rates_in_use(trainer))
         assert used[-1] == trainer.learning_rates(step)
     assert len({rates[0][0] for rates in used}) == 5  # a new rate every step (2 per epoch)
-    restored = training.Trainer(ae_cfg, pc_cfg, torch.device("cpu"), num_train_images=8)
+    restored = trainer_module.Trainer(ae_cfg, pc_cfg, torch.device("cpu"), num_train_images=8)
     restored.restore(saved, [])
     for step, x in enumerate(batches[3:], start=3):
         restored.train_step(x)
@@ -211,27 +213,27 @@ def test_config_notes_go_to_the_console_log_and_nothing_else(ae_tiny, pc_tiny, m
     """The configs' notes on unused keys become train.py's console lines (on the main rank
     only); whatever else writes to stdout meanwhile (another thread, a library) stays there,
     never taken for a note."""
-    read_statements = config_module._read_statements
+    load_with_notes = train_run.load_config_with_notes
 
     def printing(*args):
         print("unrelated output")
-        return read_statements(*args)
+        return load_with_notes(*args)
 
-    monkeypatch.setattr(config_module, "_read_statements", printing)
+    monkeypatch.setattr(train_run, "load_config_with_notes", printing)
     records = []
     handler = logging.Handler()
     handler.emit = records.append
-    monkeypatch.setattr(training._log, "level", logging.INFO)
-    training._log.addHandler(handler)
+    monkeypatch.setattr(train_console.log, "level", logging.INFO)
+    train_console.log.addHandler(handler)
     try:
         args = argparse.Namespace(ae_config=ae_tiny, pc_config=pc_tiny)
-        assert training._load_configs(args, is_main=True) == (load_config(ae_tiny),
+        assert train_run.load_configs(args, is_main=True) == (load_config(ae_tiny),
                                                               load_config(pc_tiny))
         notes = [r.getMessage() for r in records]
         capsys.readouterr()
-        training._load_configs(args, is_main=False)
+        train_run.load_configs(args, is_main=False)
     finally:
-        training._log.removeHandler(handler)
+        train_console.log.removeHandler(handler)
     assert notes == [f"note: {os.path.abspath(pc_tiny)}: arch_param__non_linearity, "
                      "arch_param__fc, learn_pad_var: keys of the original's pc configs that the "
                      "port does not use; ignored"]
@@ -294,14 +296,14 @@ def test_restore_into_new_log_dir_and_skip_vars(run_train):
 def test_restore_with_a_new_config_uses_its_learning_rate(tiny_configs):
     ae_cfg, pc_cfg = tiny_configs
     x = torch.rand(2, 3, 32, 32) * 255
-    trainer = training.Trainer(ae_cfg, pc_cfg, torch.device("cpu"), num_train_images=100)
+    trainer = trainer_module.Trainer(ae_cfg, pc_cfg, torch.device("cpu"), num_train_images=100)
     for _ in range(3):
         trainer.train_step(x)
     state = trainer.state_dict() | {"step": trainer.step}
     faster = Config(ae_cfg.to_dict() | {
         "lr_initial": 10 * ae_cfg.lr_initial, "lr_schedule": "DECAY",
         "lr_schedule_decay_interval": 1, "lr_schedule_decay_staircase": False})
-    restored = training.Trainer(faster, pc_cfg, torch.device("cpu"), num_train_images=100)
+    restored = trainer_module.Trainer(faster, pc_cfg, torch.device("cpu"), num_train_images=100)
     restored.restore(state, [])
     expected = faster.lr_initial * optimization.lr_factor(faster, 3, 100 / faster.batch_size)
     assert restored.learning_rates(restored.step)[0][0] == pytest.approx(expected)
@@ -319,7 +321,7 @@ def test_train_from_records_written_by_our_writer(tmp_path, ae_tiny, pc_tiny, ma
     write_image_records(imgs, tmp_path / "records/val")
     monkeypatch.setenv("RECORDS_ROOT", str(tmp_path / "records"))
     logs = tmp_path / "logs"
-    code = training.main([ae_tiny, pc_tiny, "--dataset_train", "imgnet_train",
+    code = train_run.main([ae_tiny, pc_tiny, "--dataset_train", "imgnet_train",
                           "--dataset_test", "imgnet_test", "--log_dir_root", str(logs),
                           "--max_steps", "2", "--num_workers", "0"])
     assert code == 0
@@ -329,7 +331,7 @@ def test_train_from_records_written_by_our_writer(tmp_path, ae_tiny, pc_tiny, ma
 def test_train_from_records_written_by_tensorflow(tmp_path, ae_tiny, pc_tiny, monkeypatch):
     monkeypatch.setenv("RECORDS_ROOT", str(TF_WRITTEN))
     logs = tmp_path / "logs"
-    code = training.main([ae_tiny, pc_tiny, "--dataset_train", "imgnet_train",
+    code = train_run.main([ae_tiny, pc_tiny, "--dataset_train", "imgnet_train",
                           "--dataset_test", "imgnet_test", "--log_dir_root", str(logs),
                           "--max_steps", "1", "--num_workers", "0"])
     assert code == 0
@@ -348,13 +350,13 @@ def test_corrupt_image_is_skipped_with_warning(tmp_path, run_train, make_images)
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(run_train, monkeypatch, capsys):
     code, logs = run_train("--max_steps", "2")
     log_dir = _only_log_dir(logs)
-    real_loss = training.compute_loss
+    real_loss = trainer_module.compute_loss
 
     def nan_loss(*args, **kwargs):
         terms = real_loss(*args, **kwargs)
         return terms._replace(total=terms.total * float("nan"))
 
-    monkeypatch.setattr(training, "compute_loss", nan_loss)
+    monkeypatch.setattr(trainer_module, "compute_loss", nan_loss)
     code, _ = run_train("--max_steps", "5", "--restore", str(log_dir),
                         "--restore_continue")
     assert code == 1
@@ -428,7 +430,7 @@ def test_restore_continue_refuses_changed_configs_unless_allowed(run_train, tmp_
     data = str(train_images / "*.png")
 
     def resume(*extra: str) -> int:
-        return training.main([str(changed), pc_tiny, "--dataset_train", data, "--dataset_test",
+        return train_run.main([str(changed), pc_tiny, "--dataset_train", data, "--dataset_test",
                               data, "--num_workers", "0", "--max_steps", "2", "--restore",
                               str(log_dir), "--restore_continue", *extra])
 

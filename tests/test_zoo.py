@@ -177,7 +177,7 @@ def test_api_looks_each_model_up_once(trained_log_dir, tmp_path, monkeypatch):
     $IMGCOMP_MODELS: a model made known later is found), and parse a file's header once."""
     monkeypatch.delenv(zoo.MODELS_PATH_ENV, raising=False)
     monkeypatch.chdir(tmp_path)  # part of the lookups' key: none cached yet
-    api._cached_model.cache_clear()
+    api.clear_caches()
     photo = _write_photo(tmp_path / "photo.png", 16, 16)
     low_dir = zoo.find("low").log_dir
     scans = _count_calls(monkeypatch, "imgcomp.checkpoints.zoo.shipped_models")

@@ -12,11 +12,8 @@ from torch import Tensor, nn
 
 from imgcomp.base.image_files import ImageLike, read_image
 from imgcomp.entropy_coding.bitstream import BitstreamError, Header, model_fingerprint, pack, unpack
-from imgcomp.entropy_coding.context_coding import (
-    IntegerContextModel,
-    decode_symbols,
-    encode_symbols,
-)
+from imgcomp.entropy_coding.integer_model import IntegerContextModel
+from imgcomp.entropy_coding.range_coding import decode_symbols, encode_symbols
 from imgcomp.nets.autoencoder import Autoencoder, pad_to_multiple
 from imgcomp.nets.probclass import ProbClassifier
 from imgcomp.nets.quantizer import Quantizer

@@ -79,7 +79,7 @@ class ProbClassifier(nn.Module):
     context 5 x 9 x 9 for K = 3.
 
     `layers` describes the network; the float forward and the integer coder
-    (imgcomp.entropy_coding.context_coding) both run from it.
+    (imgcomp.entropy_coding.integer_model) both run from it.
     """
 
     def __init__(self, num_centers: int, kernel_size: int = 3, k: int = 24,

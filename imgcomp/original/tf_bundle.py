@@ -111,7 +111,7 @@ def _make_crc_table() -> list[int]:
 _CRC_TABLE: list[int] | None = None
 
 
-def _crc32c(data: bytes | bytearray | memoryview) -> int:
+def crc32c(data: bytes | bytearray | memoryview) -> int:
     if _fast_crc32c is not None:
         return _fast_crc32c(data)
     global _CRC_TABLE
@@ -123,7 +123,7 @@ def _crc32c(data: bytes | bytearray | memoryview) -> int:
     return crc ^ 0xFFFFFFFF
 
 
-def _unmask_crc(masked: int) -> int:
+def unmask_crc(masked: int) -> int:
     # LevelDB/TF store CRCs "masked" (rotated + offset) so that a CRC of data containing CRCs
     # does not degenerate; this undoes crc32c::Mask.
     rot = (masked - 0xA282EAD8) & 0xFFFFFFFF
@@ -255,7 +255,7 @@ def _block(data: bytes, offset: int, size: int) -> memoryview:
         raise _Corrupt(f"block at {offset} is compressed (type {ctype}); only raw blocks are read")
     stored = int.from_bytes(data[offset + size + 1:offset + size + 5], "little")
     # The checksum covers the contents and the type byte.
-    if _unmask_crc(stored) != _crc32c(view[offset:offset + size + 1]):
+    if unmask_crc(stored) != crc32c(view[offset:offset + size + 1]):
         raise _Corrupt(f"checksum mismatch in the block at {offset}")
     return view[offset:offset + size]
 
@@ -334,7 +334,7 @@ def _prefix_path(prefix: str | os.PathLike) -> Path:
     return p
 
 
-def _load_bundle(prefix: str | os.PathLike) -> _Bundle:
+def load_bundle(prefix: str | os.PathLike) -> _Bundle:
     prefix = _prefix_path(prefix)
     index_path = Path(f"{prefix}.index")
     try:
@@ -410,7 +410,7 @@ def tf_checkpoint_entries(prefix: str | os.PathLike) -> dict[str, tuple[str, tup
     TensorFlow's (`string`, `bfloat16`, `resource`, ...) for the others. Partitioned variables
     are listed with their full shape (reading them is not supported).
     """
-    bundle = _load_bundle(prefix)
+    bundle = load_bundle(prefix)
     return {name: (_dtype_name(e.dtype_enum), e.shape) for name, e in bundle.entries.items()}
 
 
@@ -423,7 +423,7 @@ def read_tf_checkpoint(prefix: str | os.PathLike, names: Iterable[str] | None = 
     Raises TFCheckpointError for a missing or corrupt file, an unknown name, an unsupported dtype
     or a partitioned (sliced) tensor.
     """
-    bundle = _load_bundle(prefix)
+    bundle = load_bundle(prefix)
     if isinstance(names, str):  # a lone name would be iterated character by character
         names = [names]
     wanted = list(bundle.entries) if names is None else list(dict.fromkeys(names))
@@ -473,7 +473,7 @@ def read_tf_checkpoint(prefix: str | os.PathLike, names: Iterable[str] | None = 
                 if f.readinto(buf) != entry.size:
                     raise _error(path, f"short read of tensor {name!r}")
                 if (verify and _fast_crc32c is not None and entry.crc32c is not None
-                        and _fast_crc32c(buf) != _unmask_crc(entry.crc32c)):
+                        and _fast_crc32c(buf) != unmask_crc(entry.crc32c)):
                     raise _error(path, f"checksum mismatch in tensor {name!r}")
                 arr = np.frombuffer(buf, dtype=dtype).reshape(entry.shape)
                 arrays[name] = arr if dtype.isnative else arr.astype(dtype.newbyteorder("="))
