@@ -1,5 +1,5 @@
 """Classical codecs on Kodak: runs other_codecs.py's evaluation of $KODAK_DIR (default
-/work/shared/data/kodak) into ROOT and prints each codec's MS-SSIM at 0.370 / 0.677 / 1.051 bpp,
+$KODAK_DIR) into ROOT and prints each codec's MS-SSIM at 0.370 / 0.677 / 1.051 bpp,
 linearly interpolated on its mean (bpp, MS-SSIM) curve, the figures docs/original-system.md gives.
 
     python bench/codecs_kodak.py [--root DIR] [--workers 2] [--codecs jpeg,webp,jp2k,avif]
@@ -64,7 +64,9 @@ def cli() -> int:
     parser.add_argument("--codecs", default=",".join(CODECS))
     parser.add_argument("--no-run", action="store_true", help="only read an existing --root")
     args = parser.parse_args()
-    kodak = os.environ.get("KODAK_DIR", "/work/shared/data/kodak")
+    kodak = os.environ.get("KODAK_DIR")
+    if not kodak:
+        parser.error("set KODAK_DIR to the folder of the 24 Kodak PNGs")
     codecs = args.codecs.split(",")
     if args.root is not None:
         return run(args.root, kodak, codecs, args.workers, args.no_run)

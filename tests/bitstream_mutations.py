@@ -1,5 +1,5 @@
 """Hostile compressed files for fuzzing: mutations of real files with their CRC recomputed,
-as an attacker would (used by tests/test_bitstream.py and bench/fuzz_bitstream.py).
+as an attacker would (used by tests/test_bitstream.py and tests/fuzz_bitstream.py).
 
 `mutate(data, rng)` returns (kind, mutated file): payload bit flips, truncation and extension
 (length field fixed), image sizes changed consistently (the latent fits the image), latent

@@ -1,6 +1,6 @@
 """Compressed files from others: the golden file, format versions, the decompression-bomb
 guard, payloads that run out, and CRC-valid fuzzing (the mutations of tests/bitstream_mutations,
-shared with bench/fuzz_bitstream.py)."""
+shared with tests/fuzz_bitstream.py)."""
 
 import collections
 import hashlib
@@ -183,7 +183,7 @@ def test_out_of_memory_is_a_bitstream_error(codec, monkeypatch):
 
 
 def test_fuzzed_files_fail_cleanly_and_fast(codec):
-    """CRC-valid mutations (bench/fuzz_bitstream.py runs 10,000): every outcome is an image
+    """CRC-valid mutations (tests/fuzz_bitstream.py runs 10,000): every outcome is an image
     of the size the header claims or a BitstreamError, each within 5 s."""
     files = base_files(codec)
     outcomes = collections.Counter()

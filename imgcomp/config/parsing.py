@@ -389,7 +389,9 @@ def _format_value(value: Any) -> str:
 def config_to_text(cfg: Config) -> str:
     """A flattened config file (no ``use``) that :func:`load_config` reads back equal."""
     lines = [
-        f"# Flattened from {cfg.source_path or '<config built in code>'}",
+        # Where it came from, relative to the config root: no path of the machine it ran on.
+        "# Flattened from " + ("/".join(config_root_parts(cfg.source_path)) if cfg.source_path
+                               else "<config built in code>"),
         "# (all `use`d files merged; bare enum words are written as strings)",
     ]
     lines += [f"{name} = {_format_value(value)}" for name, value in cfg.items()]
@@ -400,14 +402,19 @@ def config_to_text(cfg: Config) -> str:
 RESTORE_PREFIX = "RESTORE@"
 
 
-def config_job_name(path: str | os.PathLike) -> str:
-    """Job name from a config path: ``ae_configs/cvpr/low`` -> ``cvpr@low``.
-
-    The path is taken relative to its nearest ancestor directory named ``ae_configs`` or
-    ``pc_configs``; without such an ancestor the file name alone is used.
-    """
+def config_root_parts(path: str | os.PathLike) -> tuple[str, ...]:
+    """A config path from its nearest ancestor directory named ``ae_configs`` or
+    ``pc_configs`` on (``('ae_configs', 'cvpr', 'low')``); without such an ancestor, the file
+    name alone."""
     parts = Path(os.path.normpath(os.path.abspath(path))).parts
     for i in range(len(parts) - 2, -1, -1):
         if parts[i] in _CONFIG_ROOT_DIRS:
-            return "@".join(parts[i + 1 :])
-    return parts[-1]
+            return parts[i:]
+    return parts[-1:]
+
+
+def config_job_name(path: str | os.PathLike) -> str:
+    """Job name from a config path: ``ae_configs/cvpr/low`` -> ``cvpr@low``; without an
+    ``ae_configs`` or ``pc_configs`` ancestor, the file name alone."""
+    parts = config_root_parts(path)
+    return "@".join(parts[1:] if len(parts) > 1 else parts)

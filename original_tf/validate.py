@@ -12,7 +12,7 @@ tolerance (TOLERANCES below); the last line is a one-line summary.
 Needs TensorFlow, which is not a dependency of the project:
     python -m venv /tmp/tfvenv && /tmp/tfvenv/bin/pip install tensorflow-cpu==2.21.0
 
-    /tmp/tfvenv/bin/python bench/original_tf/validate.py [--onednn 0|1] [--fixture DIR]
+    /tmp/tfvenv/bin/python original_tf/validate.py [--onednn 0|1] [--fixture DIR]
 
 (Its session runs on one thread, as the fixture was made.)
 """

@@ -7,7 +7,7 @@ from reading its code, validated against the tensors the original recorded (vali
 TensorFlow, which is not a dependency of the project:
     python -m venv /tmp/tfvenv && /tmp/tfvenv/bin/pip install tensorflow-cpu==2.21.0
 
-    /tmp/tfvenv/bin/python bench/original_tf/throughput.py [--batch B] [--crop C] [--steps 3]
+    /tmp/tfvenv/bin/python original_tf/throughput.py [--batch B] [--crop C] [--steps 3]
         [--threads N] [--inter-threads 1] [--onednn 0|1]
 
 Mirrors bench/train_throughput.py: one warm-up step, then `steps` timed train steps

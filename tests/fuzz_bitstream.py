@@ -1,6 +1,6 @@
 """Adversarial fuzzing of compressed files: N CRC-valid mutations of real files.
 
-    python bench/fuzz_bitstream.py N [--seed S] [--model JOB_DIR]
+    python tests/fuzz_bitstream.py N [--seed S] [--model JOB_DIR]
 
 The files are 96 x 64 crops of the bundled sample photos compressed by the default shipped
 model (or --model); the mutations are tests/bitstream_mutations.py's (payload bit flips,
@@ -14,18 +14,12 @@ images=X bitstream_errors=Y other_exceptions=Z over_5s=W wrong_size=V wall_s=T
 
 import argparse
 import collections
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from bitstream_mutations import base_files, decode_outcome, mutate  # tests/, beside this script
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-from bitstream_mutations import base_files, decode_outcome, mutate  # noqa: E402
-
-from imgcomp.api import default_model_dir, load_model  # noqa: E402
+from imgcomp.api import default_model_dir, load_model
 
 SLOW_S = 5.0
 
