@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from imgcomp.api import DEFAULT_JOB, default_model_dir
+from imgcomp.evaluation.results import RECONSTRUCTIONS_DIR, results_dir
 
-from imgcomp.api import DEFAULT_JOB, default_model_dir  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(name: str, argv: list[str]) -> tuple[float, float]:
@@ -78,7 +78,7 @@ def main() -> None:
         assert img.size == (width, height)
     val_stream = logs / f"{DEFAULT_JOB} big" / "bitstreams" / f"{photo.stem}.imgc"
     assert val_stream.read_bytes() == stream.read_bytes(), "val.py and imgcomp encode differ"
-    saved = logs / f"{DEFAULT_JOB} big" / "imgs" / f"{photo.stem}.png"
+    saved = results_dir(logs, DEFAULT_JOB, "big") / RECONSTRUCTIONS_DIR / f"{photo.stem}.png"
     assert np.array_equal(np.asarray(Image.open(decoded)), np.asarray(Image.open(saved))), (
         "imgcomp decode and val.py reconstruct differently")
     print("  ".join(f"{name}: wall_s={wall:.1f} peak_rss_gb={gb:.2f}"

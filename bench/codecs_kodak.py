@@ -1,6 +1,7 @@
-"""Classical codecs on Kodak: runs other_codecs.py's evaluation of $KODAK_DIR (default
-$KODAK_DIR) into ROOT and prints each codec's MS-SSIM at 0.370 / 0.677 / 1.051 bpp,
-linearly interpolated on its mean (bpp, MS-SSIM) curve, the figures docs/original-system.md gives.
+"""Classical codecs on Kodak: runs other_codecs.py's evaluation of $KODAK_DIR (the
+24 Kodak PNGs) into ROOT and prints each codec's MS-SSIM at 0.370 / 0.677 / 1.051 bpp,
+linearly interpolated on its mean (bpp, MS-SSIM) curve, the operating points of the
+authors' three models (the original README's table).
 
     python bench/codecs_kodak.py [--root DIR] [--workers 2] [--codecs jpeg,webp,jp2k,avif]
                                  [--no-run]
@@ -20,14 +21,18 @@ import numpy as np
 
 from imgcomp.base.image_files import resolve_images
 from imgcomp.evaluation.baselines import CODECS, main
-from imgcomp.evaluation.results import mean_measures, read_measures_csv
+from imgcomp.evaluation.results import (
+    MEASURES_CSV,
+    mean_measures,
+    read_measures_csv,
+)
 
 BPP_POINTS = (0.370, 0.677, 1.051)
 
 
 def interpolated_ms_ssim(codec_dir: Path) -> list[float]:
     """MS-SSIM of the mean curve in `codec_dir`/*/measures.csv at BPP_POINTS (NaN outside)."""
-    means = [mean_measures(read_measures_csv(p)) for p in codec_dir.glob("*/measures.csv")]
+    means = [mean_measures(read_measures_csv(p)) for p in codec_dir.glob(f"*/{MEASURES_CSV}")]
     points = sorted((m.bpp, m.ms_ssim) for m in means)
     bpp, msssim = np.array(points).T
     return [float(v) for v in np.interp(BPP_POINTS, bpp, msssim, left=np.nan, right=np.nan)]
@@ -37,7 +42,7 @@ def report(root: Path, dataset: str, codecs: list[str]) -> None:
     figures = {}
     for name in codecs:
         codec_dir = root / dataset / name
-        if not any(codec_dir.glob("*/measures.csv")):
+        if not any(codec_dir.glob(f"*/{MEASURES_CSV}")):
             print(f"{name}: no measures under {codec_dir}")
             continue
         figures[name] = "/".join(f"{v:.3f}" for v in interpolated_ms_ssim(codec_dir))

@@ -1,5 +1,5 @@
 """The config keys that choose between the original's graph and training and the port's former
-choices (ae_configs/base, pc_configs/base; README.md, "What differs from the original")."""
+choices (ae_configs/base, pc_configs/base; docs/faithfulness.md, "Config keys that choose")."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def test_base_configs_are_the_original_and_cpu_gpu_the_shipped_recipe():
     pc = load_config(ROOT / "pc_configs/cvpr/res_shallow")
     assert {k: pc[k] for k in original_pc} == original_pc
     # The shipped models' recipe: the port's choices but the A/B's winner, BatchNorm at
-    # to_bn / h13 (README.md).
+    # to_bn / h13 (docs/faithfulness.md).
     recipe = ckpt.LEGACY_AE_KEYS | {"bottleneck_output_bn": True}
     for name in ("cpu/med", "gpu/med", "gpu/hi_long_c192"):
         cfg = load_config(ROOT / "ae_configs" / name)

@@ -63,7 +63,7 @@ def test_shipped_config_loads_and_round_trips(path: Path, tmp_path: Path):
     assert len(cfg) > 0
     assert cfg.source_path == path
     text = config_to_text(cfg)
-    assert str(path) in text.splitlines()[0]
+    assert text.splitlines()[0] == "# Flattened from " + path.relative_to(REPO).as_posix()
     assert "use " not in text
     flat = load_config(write(tmp_path, "flat", text))
     assert flat == cfg
@@ -697,3 +697,17 @@ def test_log_dir_with_a_misspelled_key_is_refused(tmp_path: Path, tiny_configs):
     with pytest.raises(ConfigError, match=r"pc_config:\d+: .*'kernel_sise' \(did you mean "
                        r"'kernel_size'\?\)"):
         ckpt.read_configs(ckpt_dir)
+
+
+def test_flattened_configs_name_their_source_relative_to_the_config_root(tmp_path):
+    """A flattened config says where it came from without the paths of the machine it was
+    written on: from the ae_configs / pc_configs root on, or the file name alone."""
+    cfg = load_config(REPO / "ae_configs/cvpr/med", AE_SCHEMA)
+    assert config_to_text(cfg).splitlines()[0] == "# Flattened from ae_configs/cvpr/med"
+    loose = tmp_path / "my_config"
+    loose.write_text("num_chan_bn = 8\n")
+    assert config_to_text(load_config(loose, AE_SCHEMA)).splitlines()[0] \
+        == "# Flattened from my_config"
+    for flattened in REPO.glob("ckpts/*/ckpts/*_config"):
+        first = flattened.read_text().splitlines()[0]
+        assert first.startswith("# Flattened from ") and not first.split()[-1].startswith("/")

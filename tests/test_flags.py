@@ -1,6 +1,6 @@
 """The original's command lines: train.py, val.py and plotter.py flags (names, short forms,
-defaults, meaning) and the records writer's `-o OUTPUT_PATH` (README.md, "Command lines of
-the original")."""
+defaults, meaning) and the records writer's `-o OUTPUT_PATH` (docs/faithfulness.md,
+"Command lines of the original")."""
 
 import json
 import os
@@ -18,7 +18,7 @@ from imgcomp import cli
 from imgcomp.checkpoints import log_dirs as ckpt
 from imgcomp.data.loaders import make_loader
 from imgcomp.data.records import main as records_main
-from imgcomp.evaluation import plotting, validation
+from imgcomp.evaluation import plotting, rd_figure, validation
 from imgcomp.evaluation import results as measures
 from imgcomp.train import flags as train_args
 from imgcomp.train import run as train_run
@@ -330,7 +330,9 @@ def test_select_steps_as_the_original():
 def test_plotter_flags_and_defaults():
     parse = plotting.build_parser().parse_args
     args = parse(["logs", "a,b", "kodak"])
-    assert args.x_range == "0,1.2" and args.y_range is None and args.style == ["interp"]
+    # No range given: the original's 0,1.2 (and 0.85,1 for MS-SSIM), widened to fit our points.
+    assert args.x_range is None and args.y_range is None and args.style == ["interp"]
+    assert rd_figure.DEFAULT_X_RANGE == (0.0, 1.2)
     assert not (args.paper_plot or args.latex or args.paper_figure) and args.output is None
     assert plotting.default_output("kodak") == "plot_Kodak.png"
     assert plotting.default_output("u100") == "plot_Urban100.png"

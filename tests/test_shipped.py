@@ -1,7 +1,7 @@
 """The models shipped in ckpts/: they load, code real photos, their Kodak numbers in
 ckpts/README.md (estimated and real bpp) are what val.py --real_bpp measures, and the results
-in README.md and figs/ are what plotter.py and bench/shipped_models.py compute from the
-committed measures and real file sizes."""
+in README.md, docs/results.md, ckpts/README.md and figs/ are what plotter.py and
+docs/render_results.py compute from the committed measures and real file sizes."""
 
 import csv
 import os
@@ -44,8 +44,8 @@ def test_shipped_model_codes_a_real_photo(log_dir):
     assert 8 * len(data) == pytest.approx(bits, rel=0.05, abs=400)
 
 
-# Keys the configs changed after the shipped models were trained (README.md, the A/B of
-# "What differs from the original"): repo value, the shipped models' value.
+# Keys the configs changed after the shipped models were trained (docs/faithfulness.md, "Which
+# choices train better"): repo value, the shipped models' value.
 CHANGED_SINCE_SHIPPED = {"bottleneck_output_bn": (True, False)}
 
 
@@ -133,8 +133,15 @@ def test_committed_bd_rates_are_what_plotter_computes(dataset, plot, tmp_path):
     assert (ROOT / "figs" / f"{plot}.png").is_file()
 
 
-def test_readme_results_are_rendered_from_committed_csvs():
-    bench = runpy.run_path(str(ROOT / "bench/shipped_models.py"))
-    rows = bench["results_section"]()
-    assert "\n".join(rows) in (ROOT / "README.md").read_text()
+RENDER = runpy.run_path(str(ROOT / "docs/render_results.py"))
+
+
+@pytest.mark.parametrize("path,markers,render", RENDER["SECTIONS"],
+                         ids=[str(path.relative_to(ROOT)) for path, _, _ in RENDER["SECTIONS"]])
+def test_results_tables_are_rendered_from_committed_csvs(path, markers, render):
+    rows = render()
+    begin, end = markers
+    text = path.read_text()
+    assert text.count(begin) == text.count(end) == 1, f"{path}: its markers"
+    assert text.split(begin, 1)[1].split(end, 1)[0].strip("\n") == "\n".join(rows)
     assert not any("n/a" in row for row in rows)

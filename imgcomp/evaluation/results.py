@@ -1,6 +1,7 @@
-"""What every evaluation shares (val.py, other_codecs.py, plotter.py, bench/): the measures of
-one reconstruction (bpp, MS-SSIM, PSNR), the measures.csv format, their means over images, and
-the BD-rate of one rate-distortion curve against another.
+"""What every evaluation shares (val.py, other_codecs.py, plotter.py, imgcomp report, bench/):
+the measures of one reconstruction (bpp, MS-SSIM, PSNR), the measures.csv format, the real file
+sizes of real_bpp.csv, their means over images, and the BD-rate of one rate-distortion curve
+against another.
 
 BD-rate (Bjontegaard delta rate, `bjontegaard` package, Akima interpolation of log10(bpp) over
 the metric, integrated over the metric range both curves cover): anchor = e.g. a codec, test =
@@ -10,6 +11,7 @@ ours; negative = ours needs fewer bits.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -19,7 +21,26 @@ from pathlib import Path
 import numpy as np
 
 from imgcomp.base.atomic import atomic_open
-from imgcomp.evaluation.quality import ms_ssim_uint8, psnr_uint8
+
+# The results layout, the one place that spells it (val.py writes it; plotter.py, imgcomp
+# report and docs/render_results.py read it): LOG_DIR_ROOT/"<JOB_ID> <DATASET>"/ holds
+# measures_<STEP>.csv and real_bpp_<STEP>.csv of each checkpoint validated, measures.csv and
+# real_bpp.csv of the last one, the reconstructions in imgs/ and the files in bitstreams/.
+MEASURES_CSV = "measures.csv"
+REAL_BPP_CSV = "real_bpp.csv"
+RECONSTRUCTIONS_DIR = "imgs"
+BITSTREAMS_DIR = "bitstreams"
+
+
+def results_dir(log_dir_root: str | os.PathLike, job_id: str, dataset: str) -> Path:
+    """The folder of one job's results on one dataset."""
+    return Path(log_dir_root) / f"{job_id} {dataset}"
+
+
+def step_csv(name: str, step: int) -> str:
+    """The name of a checkpoint's own copy of a results CSV: measures.csv -> measures_STEP.csv."""
+    return f"{name.removesuffix('.csv')}_{step}.csv"
+
 
 MEASURES_HEADER = ("img_name", "bpp", "ms-ssim", "psnr")
 # Distortion metric (as named in measures.csv and by plotter.py --metric) -> attribute of
@@ -71,6 +92,10 @@ class BDRow:
 def measure(original: np.ndarray, reconstruction: np.ndarray, num_bits: float) -> tuple[
         float, float, float]:
     """(bpp over the original's pixels, MS-SSIM, PSNR) of an H x W x 3 uint8 reconstruction."""
+    # Imported here: MS-SSIM runs on torch, which the scripts' --help and the results' readers
+    # (plotter.py) need not import.
+    from imgcomp.evaluation.quality import ms_ssim_uint8, psnr_uint8
+
     h, w = original.shape[:2]
     return (num_bits / (h * w), ms_ssim_uint8(original, reconstruction),
             psnr_uint8(original, reconstruction))
@@ -108,6 +133,31 @@ def read_measures_csv(path: str | os.PathLike) -> list[Measure]:
         return [Measure(r[0], float(r[1]), float(r[2]), float(r[3])) for r in rows[1:]]
     except (IndexError, ValueError) as e:
         raise ValueError(f"{path}: malformed row: {e}") from e
+
+
+def read_bpp_real(path: str | os.PathLike) -> dict[str, float]:
+    """img_name -> bpp_real (the real compressed file's size, header included) of a
+    real_bpp.csv (val.py --real_bpp); ValueError naming the file if it is not one."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if not {"img_name", "bpp_real"} <= set(reader.fieldnames or ()):
+            raise ValueError(f"{path}: not a real_bpp.csv (no img_name and bpp_real columns)")
+        try:
+            return {row["img_name"]: float(row["bpp_real"]) for row in reader}
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: malformed row: {e}") from e
+
+
+def with_real_bpp(measures: Sequence[Measure], bpp_real: dict[str, float],
+                  source: str | os.PathLike) -> list[Measure]:
+    """`measures` with each image's bpp replaced by its real one; ValueError naming `source`
+    (the real_bpp.csv) if it lacks some of the images."""
+    missing = [m.img_name for m in measures if m.img_name not in bpp_real]
+    if missing:
+        raise ValueError(f"{source}: no real bpp of {len(missing)} image(s) of measures.csv "
+                         f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); "
+                         f"re-run val.py with --real_bpp")
+    return [dataclasses.replace(m, bpp=bpp_real[m.img_name]) for m in measures]
 
 
 def make_curve(label: str, bpp: Sequence[float], metric: Sequence[float],

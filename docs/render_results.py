@@ -1,20 +1,20 @@
-"""Results of the models shipped in ckpts/: the table of ckpts/README.md and the results
-section of README.md, both rendered from committed CSVs.
+"""Renders the results of the models shipped in ckpts/ into the docs, from committed CSVs: the
+models table of ckpts/README.md, the headline tables of README.md and the full tables of
+docs/results.md.
 
-    python val.py ckpts JOB_ID kodak --real_bpp      # for every shipped job, first
-    python bench/shipped_models.py [--write]
+    python val.py ckpts JOB_ID kodak --real_bpp   # and bsds500_val, each shipped job first
+    python docs/render_results.py [--write]
 
 Reads each shipped log dir (`ckpts/<JOB> <ae> <pc>/`), its `ckpts/<JOB> <DATASET>/measures.csv`
 (per image: the context model's bpp estimate, MS-SSIM, PSNR) and `real_bpp.csv` (per image:
 the real file size, header included, as `bpp_real`), its TensorBoard events (steps, training
 time), and the classical codecs' measures under results/other_codecs/ (real file sizes too);
-prints the models table and the results section and, with --write, replaces them in
-ckpts/README.md and README.md. Our bpp is the real one wherever we are compared with the
-codecs: in the BD-rates and in the MS-SSIM gap at each of our operating points.
+prints every table and, with --write, replaces each between its markers in its file. Our bpp is
+the real one wherever we are compared with the codecs: in the BD-rates and in the MS-SSIM gap
+at each of our operating points.
 """
 
 import argparse
-import csv
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,22 +23,26 @@ import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from imgcomp.base.atomic import atomic_write_text
+from imgcomp.checkpoints import zoo
 from imgcomp.checkpoints.log_dirs import CKPTS_DIRNAME, job_id_of, list_checkpoints
-from imgcomp.evaluation.plotting import PAPER_LABEL, load_codec_curves, paper_curve
+from imgcomp.evaluation.plotting import load_codec_curves
+from imgcomp.evaluation.rd_figure import PAPER_LABEL, paper_curve
 from imgcomp.evaluation.results import (
+    MEASURES_CSV,
+    REAL_BPP_CSV,
     Curve,
     MeanMeasures,
     bd_rate_table,
     make_curve,
     mean_measures,
+    read_bpp_real,
     read_measures_csv,
+    results_dir,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "ckpts"
 OTHER_CODECS = ROOT / "results/other_codecs"
-MODELS = ("<!-- models:begin -->", "<!-- models:end -->")
-RESULTS = ("<!-- results:begin -->", "<!-- results:end -->")
 # (dataset name as val.py writes it, label)
 DATASETS = (("kodak", "Kodak"), ("bsds500_val", "BSDS500 val"))
 
@@ -67,23 +71,17 @@ def training_hours(log_dir: Path) -> float:
     return total / 3600
 
 
-def read_bpp_real(path: Path) -> dict[str, float]:
-    """img_name -> bpp_real of a real_bpp.csv (val.py --real_bpp)."""
-    with open(path, newline="") as f:
-        return {row["img_name"]: float(row["bpp_real"]) for row in csv.DictReader(f)}
-
-
 def job_results(job: str, dataset: str) -> JobResults | None:
     """A job's committed results, None if it was not validated on the dataset; SystemExit if
     its real file sizes are missing or are not of the same images."""
-    folder = SHIPPED / f"{job} {dataset}"
-    if not (folder / "measures.csv").is_file():
+    folder = results_dir(SHIPPED, job, dataset)
+    if not (folder / MEASURES_CSV).is_file():
         return None
-    measures = read_measures_csv(folder / "measures.csv")
-    if not (folder / "real_bpp.csv").is_file():
+    measures = read_measures_csv(folder / MEASURES_CSV)
+    if not (folder / REAL_BPP_CSV).is_file():
         raise SystemExit(f"{folder / 'real_bpp.csv'} is missing: "
                          f"python val.py ckpts {job} <{dataset} images> --real_bpp")
-    real = read_bpp_real(folder / "real_bpp.csv")
+    real = read_bpp_real(folder / REAL_BPP_CSV)
     if set(real) != {m.img_name for m in measures}:
         raise SystemExit(f"{folder}: real_bpp.csv and measures.csv are of different images")
     return JobResults(mean_measures(measures), float(np.mean(list(real.values()))))
@@ -105,38 +103,69 @@ def models_table() -> list[str]:
     return rows
 
 
-def results_section() -> list[str]:
-    header = "| model | " + " | ".join(f"{label} bpp (real) | {label} bpp (estimate) | "
-                                        f"{label} MS-SSIM | {label} PSNR"
-                                        for _, label in DATASETS) + " |"
-    rows = [header, "|---" * (1 + 4 * len(DATASETS)) + "|"]
+@dataclass(frozen=True)
+class ShippedResults:
+    """The shipped models in order of rate, their results on each dataset (None where not
+    validated) and the classical codecs' curves."""
+
+    log_dirs: list[Path]
+    rates: list[str]  # each model's name in the registry: low, med, hi
+    ours: dict[str, list[JobResults | None]]
+    codecs: dict[str, list[Curve]]
+
+
+def shipped_results() -> ShippedResults:
     by_rate = sorted(shipped_log_dirs(), key=lambda d: job_results(job_id_of(d), "kodak").bpp_real)
-    rates = [d.name.split(" ")[1].split("@")[-1] for d in by_rate]
-    ours = {dataset: [job_results(job_id_of(d), dataset) for d in by_rate]
-            for dataset, _ in DATASETS}
-    for i, log_dir in enumerate(by_rate):
-        cells = [f"{log_dir.name.split(' ')[1]} ({job_id_of(log_dir)})"]
+    names = {row.job_id: row.name for row in zoo.SHIPPED}
+    return ShippedResults(
+        by_rate, [names[job_id_of(d)] for d in by_rate],
+        {dataset: [job_results(job_id_of(d), dataset) for d in by_rate] for dataset, _ in DATASETS},
+        {dataset: load_codec_curves(OTHER_CODECS, dataset, "ms-ssim") for dataset, _ in DATASETS})
+
+
+def measures_table(shipped: ShippedResults, with_estimate: bool) -> list[str]:
+    """One row per model: per dataset the real bpp, (the estimate,) MS-SSIM and PSNR."""
+    columns = ["bpp (real)", *(["bpp (estimate)"] if with_estimate else []), "MS-SSIM",
+               "PSNR (dB)"]
+    rows = ["| model | " + " | ".join(f"{label} {column}" for _, label in DATASETS
+                                     for column in columns) + " |",
+            "|---" * (1 + len(columns) * len(DATASETS)) + "|"]
+    for i, (log_dir, rate) in enumerate(zip(shipped.log_dirs, shipped.rates, strict=True)):
+        cells = [f"{rate} ({log_dir.name.split(' ')[1]}, {job_id_of(log_dir)})"]
         for dataset, _ in DATASETS:
-            results = ours[dataset][i]
-            cells += (["n/a"] * 4 if results is None else
-                      [f"{results.bpp_real:.4f}", f"{results.estimate.bpp:.4f}",
-                       f"{results.estimate.ms_ssim:.4f}", f"{results.estimate.psnr:.2f}"])
+            results = shipped.ours[dataset][i]
+            if results is None:
+                cells += ["n/a"] * len(columns)
+                continue
+            cells += [f"{results.bpp_real:.4f}",
+                      *([f"{results.estimate.bpp:.4f}"] if with_estimate else []),
+                      f"{results.estimate.ms_ssim:.4f}", f"{results.estimate.psnr:.2f}"]
         rows.append("| " + " | ".join(cells) + " |")
-    codecs = {dataset: load_codec_curves(OTHER_CODECS, dataset, "ms-ssim")
-              for dataset, _ in DATASETS}
-    return [*rows, "", *bd_rate_rows(ours, rates, codecs), "",
-            *equal_bpp_rows(ours, rates, codecs)]
+    return rows
 
 
-def bd_rate_rows(ours: dict[str, list[JobResults | None]], rates: list[str],
-                 codecs: dict[str, list[Curve]]) -> list[str]:
+def headline_section() -> list[str]:
+    """README.md: each model's real bpp, MS-SSIM and PSNR, and the BD-rates."""
+    shipped = shipped_results()
+    return [*measures_table(shipped, with_estimate=False), "", *bd_rate_rows(shipped)]
+
+
+def results_section() -> list[str]:
+    """docs/results.md: the estimate too, the BD-rates, and the gaps at equal bpp."""
+    shipped = shipped_results()
+    return [*measures_table(shipped, with_estimate=True), "", *bd_rate_rows(shipped), "",
+            *equal_bpp_rows(shipped)]
+
+
+def bd_rate_rows(shipped: ShippedResults) -> list[str]:
     """BD-rate (MS-SSIM) of our real-size curve against each codec's and the paper's."""
     bd: dict[str, dict[str, float]] = {}
     for dataset, _ in DATASETS:
-        points = [(r, rate) for r, rate in zip(ours[dataset], rates, strict=True) if r]
+        points = [(r, rate) for r, rate in zip(shipped.ours[dataset], shipped.rates, strict=True)
+                  if r]
         curve = make_curve("Ours", [r.bpp_real for r, _ in points],
                            [r.estimate.ms_ssim for r, _ in points], [rate for _, rate in points])
-        for row in bd_rate_table(curve, [*codecs[dataset], paper_curve()], "ms-ssim"):
+        for row in bd_rate_table(curve, [*shipped.codecs[dataset], paper_curve()], "ms-ssim"):
             bd.setdefault(row.anchor, {})[dataset] = row.bd_rate_percent
     rows = ["| BD-rate of ours (MS-SSIM, real file sizes) against | "
             + " | ".join(label for _, label in DATASETS) + " |", "|---" * (1 + len(DATASETS)) + "|"]
@@ -151,18 +180,17 @@ def bd_rate_rows(ours: dict[str, list[JobResults | None]], rates: list[str],
     return rows
 
 
-def equal_bpp_rows(ours: dict[str, list[JobResults | None]], rates: list[str],
-                   codecs: dict[str, list[Curve]]) -> list[str]:
+def equal_bpp_rows(shipped: ShippedResults) -> list[str]:
     """Our MS-SSIM minus each codec's at our real bpp, its measured curve interpolated
     linearly: what BD-rate, an average over the range, hides about a single operating point."""
     rows = ["| MS-SSIM of ours minus the codec's at our real bpp | "
-            + " | ".join(f"{label} {rate}" for _, label in DATASETS for rate in rates)
-            + " |", "|---" * (1 + len(DATASETS) * len(rates)) + "|"]
+            + " | ".join(f"{label} {rate}" for _, label in DATASETS for rate in shipped.rates)
+            + " |", "|---" * (1 + len(DATASETS) * len(shipped.rates)) + "|"]
     gaps: dict[str, dict[str, list[str]]] = {}
     for dataset, _ in DATASETS:
-        for codec in codecs[dataset]:
+        for codec in shipped.codecs[dataset]:
             cells = gaps.setdefault(codec.label, {}).setdefault(dataset, [])
-            for results in ours[dataset]:
+            for results in shipped.ours[dataset]:
                 if results is None:  # this model not validated on the dataset
                     cells.append("n/a")
                     continue
@@ -171,7 +199,8 @@ def equal_bpp_rows(ours: dict[str, list[JobResults | None]], rates: list[str],
                 cells.append("outside its curve" if np.isnan(theirs)
                              else f"{results.estimate.ms_ssim - theirs:+.5f}")
     for codec, by_dataset in gaps.items():
-        cells = [c for d, _ in DATASETS for c in by_dataset.get(d, ["n/a"] * len(rates))]
+        cells = [c for d, _ in DATASETS
+                 for c in by_dataset.get(d, ["n/a"] * len(shipped.rates))]
         rows.append(f"| {codec} | " + " | ".join(cells) + " |")
     return rows
 
@@ -187,16 +216,26 @@ def replace_between(path: Path, markers: tuple[str, str], rows: list[str]) -> No
     print(f"wrote {path}")
 
 
+# Each rendered section: the file it lives in, its markers, what renders it.
+SECTIONS = (
+    (SHIPPED / "README.md", ("<!-- models:begin -->", "<!-- models:end -->"), models_table),
+    (ROOT / "README.md", ("<!-- headline:begin -->", "<!-- headline:end -->"), headline_section),
+    (ROOT / "docs/results.md", ("<!-- results:begin -->", "<!-- results:end -->"),
+     results_section),
+)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true",
-                        help="update ckpts/README.md and README.md")
+                        help="replace the sections in ckpts/README.md, README.md and "
+                             "docs/results.md")
     args = parser.parse_args()
-    models, results = models_table(), results_section()
-    print("\n".join(models), "", "\n".join(results), sep="\n")
-    if args.write:
-        replace_between(SHIPPED / "README.md", MODELS, models)
-        replace_between(ROOT / "README.md", RESULTS, results)
+    for path, markers, render in SECTIONS:
+        rows = render()
+        print(f"{path.relative_to(ROOT)}:", *rows, "", sep="\n")
+        if args.write:
+            replace_between(path, markers, rows)
 
 
 if __name__ == "__main__":
