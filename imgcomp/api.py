@@ -18,12 +18,10 @@ import numpy as np
 from imgcomp.base.image_files import ImageLike
 from imgcomp.checkpoints import zoo
 from imgcomp.checkpoints.log_dirs import ckpt_dir_of, load_codec
-from imgcomp.checkpoints.zoo import load_model
+from imgcomp.checkpoints.zoo import DEFAULT_MODEL, load_model
 from imgcomp.codec.image_codec import ImageCodec
 from imgcomp.entropy_coding import bitstream
 
-# The shipped model used when none is named.
-DEFAULT_MODEL = "med"
 __all__ = ["DEFAULT_MODEL", "clear_caches", "compress", "decompress", "default_model_dir",
            "load_model"]
 DEFAULT_JOB = next(row.job_id for row in zoo.SHIPPED if row.name == DEFAULT_MODEL)
@@ -39,22 +37,23 @@ def _cached_model(log_dir: Path) -> ImageCodec:
     return load_codec(ckpt_dir_of(log_dir))
 
 
-def _lookup_key() -> tuple[str | None, str]:
-    """What a lookup depends on besides its spec: $IMGCOMP_MODELS, and the working directory
-    (a relative log dir, or a relative root in $IMGCOMP_MODELS)."""
-    return os.environ.get(zoo.MODELS_PATH_ENV), os.getcwd()
+def _lookup_key() -> tuple[str, str]:
+    """What a lookup depends on besides its spec: the folders searched ($IMGCOMP_MODELS and
+    the user's models folder), and the working directory (a relative log dir, or a relative
+    root in $IMGCOMP_MODELS)."""
+    return os.pathsep.join(map(str, zoo.models_search_path())), os.getcwd()
 
 
 # compress/decompress look a model up once per spec or fingerprint (a lookup scans folders).
 # Only models found are cached (lru_cache keeps no exceptions): a model added later, or one
 # made known by a new $IMGCOMP_MODELS (part of the key), is found by the next call.
 @functools.lru_cache(maxsize=16)
-def _find(spec: str, models_path: str | None, cwd: str) -> zoo.KnownModel:
+def _find(spec: str, models_path: str, cwd: str) -> zoo.KnownModel:
     return zoo.find(spec)
 
 
 @functools.lru_cache(maxsize=16)
-def _find_by_fingerprint(fingerprint: bytes, models_path: str | None,
+def _find_by_fingerprint(fingerprint: bytes, models_path: str,
                          cwd: str) -> zoo.KnownModel:
     return zoo.find_by_fingerprint(fingerprint)
 

@@ -18,6 +18,19 @@ from imgcomp.config.parsing import Config, load_config
 from imgcomp.train import run as train_run
 
 TINY_CONFIGS = Path(__file__).resolve().parent / "configs"
+# Where downloads go and come from: a test sets them itself.
+DOWNLOAD_ENV = ("IMGCOMP_DATA", "IMGCOMP_AUTHORS_URL", "IMGCOMP_KODAK_URL", "IMGCOMP_BSDS500_URL")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def empty_user_cache(tmp_path_factory):
+    """The user's cache dir (downloaded models and data, always searched) is an empty folder
+    for the whole session, subprocesses included: what a developer downloaded stays out."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("user_cache")))
+        for name in DOWNLOAD_ENV:
+            mp.delenv(name, raising=False)
+        yield
 
 
 def write_images(folder: Path, count: int = 4, size: tuple[int, int] = (40, 48),

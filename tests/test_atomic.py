@@ -23,3 +23,10 @@ def test_temporary_keeps_the_suffix_is_hidden_and_replaces_the_file(tmp_path):
         assert not path.exists()
     assert path.read_bytes() == b"new" and oct(path.stat().st_mode & 0o777) == "0o644"
     assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]
+
+
+def test_a_missing_folder_is_named_by_the_path_asked_for(tmp_path):
+    path = tmp_path / "missing" / "x.png"
+    with pytest.raises(FileNotFoundError) as error:
+        atomic_write_text(path, "x")
+    assert error.value.filename == str(path)  # not the hidden temporary's name

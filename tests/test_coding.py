@@ -311,6 +311,60 @@ def test_cli_encode_decode(job, tmp_path, capsys):
     assert not (tmp_path / "x.png").exists()
 
 
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_cli_output_paths_as_cwebp(job, tmp_path, monkeypatch, capsys):
+    """-o as in cwebp/cjxl-style tools: a folder (existing, or ending in /) receives NAME.imgc
+    or NAME.png; several images need a folder; a missing parent folder, an image format
+    unknown, a missing input: one line naming the path given, and nothing written."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("a", "b"):
+        Image.fromarray(_photo(16, 24, seed=len(name))).save(f"{name}.png")
+    encode = ["encode", "--model", str(job)]
+    decode = ["decode", "--model", str(job)]
+    Path("existing").mkdir()
+    assert cli.main([*encode, "a.png", "-o", "existing"]) == 0
+    assert cli.main([*encode, "a.png", "-o", "new/"]) == 0
+    assert (tmp_path / "new/a.imgc").read_bytes() == (tmp_path / "existing/a.imgc").read_bytes()
+    assert cli.main([*decode, "new/a.imgc", "-o", "existing"]) == 0
+    assert cli.main([*decode, "new/a.imgc", "-o", "decoded/"]) == 0
+    assert cli.main([*decode, "new/a.imgc", "-o", "no_extension"]) == 0  # PNG, as dwebp
+    png = (tmp_path / "existing/a.png").read_bytes()
+    assert png[:4] == b"\x89PNG" and (tmp_path / "decoded/a.png").read_bytes() == png
+    assert (tmp_path / "no_extension").read_bytes() == png
+    capsys.readouterr()
+
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert cli.main([*encode, "a.png", "b.png", "-o", "two.imgc"]) == 1
+    assert "-o two.imgc: several images need a folder" in _one_error_line(capsys)
+    assert cli.main([*encode, "a.png", "b.png", "-o", "no_extension"]) == 1
+    assert "-o no_extension: several images need a folder, and this is a file" in \
+        _one_error_line(capsys)
+    for command in ([*encode, "a.png", "-o", "missing/a.imgc"],
+                    [*decode, "new/a.imgc", "-o", "missing/a.png"]):
+        assert cli.main(command) == 1
+        assert _one_error_line(capsys) == (f"error: cannot write {command[-1]}: the folder "
+                                           "missing does not exist\n")
+    assert cli.main([*encode, "a.png", "b.png", "-o", "missing/out/"]) == 1
+    assert "cannot make the folder missing/out/: missing does not exist" in \
+        _one_error_line(capsys)
+    assert cli.main([*decode, "new/a.imgc", "-o", "a.xyz"]) == 1
+    assert "cannot write a.xyz: no image format has the extension '.xyz'" in \
+        _one_error_line(capsys)
+    assert cli.main([*encode, "nothing.png", "-o", "x.imgc"]) == 1
+    assert _one_error_line(capsys) == "error: nothing.png: no such file or folder\n"
+    assert cli.main([*decode, "nothing.imgc", "-o", "x.png"]) == 1
+    assert _one_error_line(capsys) == "error: nothing.imgc: No such file or directory\n"
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+    assert cli.main([*encode, "a.png", "b.png", "-o", "two.imgc/"]) == 0  # asked for a folder
+    assert sorted(p.name for p in (tmp_path / "two.imgc").iterdir()) == ["a.imgc", "b.imgc"]
+
+
 def test_module_api(job):
     image = _photo(16, 16)
     data = api.compress(image, model=job)

@@ -21,6 +21,8 @@ from PIL import Image
 
 from imgcomp import cli
 from imgcomp.checkpoints import zoo
+from imgcomp.config.parsing import load_config
+from imgcomp.config.schema import AE_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
@@ -48,6 +50,8 @@ def wheel(tmp_path_factory) -> Path:
                     ignore=shutil.ignore_patterns("__pycache__", "*.tmp*"))
     for ckpt_dir in (ROOT / "ckpts").glob("*/ckpts"):  # what data-files pick from
         shutil.copytree(ckpt_dir, src / ckpt_dir.relative_to(ROOT))
+    for configs in ("ae_configs", "pc_configs"):
+        shutil.copytree(ROOT / configs, src / configs)
     _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
          "-w", tmp, src, cwd=tmp)
     (path,) = tmp.glob("imgcomp-*.whl")
@@ -70,8 +74,8 @@ def fresh_venv(wheel, tmp_path_factory) -> Path:
     return venv
 
 
-COMMANDS = ["train", "val", "plot", "codecs", "crops", "ship", "records", "encode", "decode",
-            "info", "models"]
+COMMANDS = ["train", "val", "plot", "codecs", "crops", "report", "ship", "convert", "records",
+            "encode", "decode", "info", "models", "data"]
 
 
 def test_every_command_is_listed_and_has_help(capsys):
@@ -90,6 +94,68 @@ def test_script_commands_pass_the_rest_of_the_line_unchanged(command, monkeypatc
     monkeypatch.setattr(module, "main", lambda argv: calls.append(argv) or 3)
     assert cli.main([command, "-o", "x y", "--device", "cpu"]) == 3
     assert calls == [["-o", "x y", "--device", "cpu"]]
+
+
+# Runs `imgcomp ARGS...` and fails if it imported torch (~2 s): the commands that run no
+# network answer at once.
+WITHOUT_TORCH = """import sys
+from imgcomp.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as e:
+    code = e.code
+assert "torch" not in sys.modules, "imported torch"
+sys.exit(code)
+"""
+
+
+def _imgcomp_without_torch(*argv: str, cwd: Path) -> str:
+    done = subprocess.run([sys.executable, "-c", WITHOUT_TORCH, *argv], cwd=cwd,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"{argv}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def test_importing_the_cli_imports_no_torch():
+    subprocess.run([sys.executable, "-c",
+                    "import imgcomp.cli, sys; assert 'torch' not in sys.modules"], check=True)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["val", "--help"],
+                                  ["codecs", "--help"], ["crops", "--help"],
+                                  ["encode", "--help"], ["decode", "-h"], ["models"],
+                                  ["info", str(GOLDEN)]], ids=" ".join)
+def test_commands_that_run_no_network_import_no_torch(argv, tmp_path):
+    out = _imgcomp_without_torch(*argv, cwd=tmp_path)
+    assert out.startswith("usage: ") if "-h" in argv[-1] else out
+
+
+@pytest.mark.parametrize("command", list(cli.SCRIPT_PARSERS))
+def test_script_help_without_torch_is_the_scripts_own(command, capsys):
+    with pytest.raises(SystemExit):
+        importlib.import_module(cli.SCRIPT_COMMANDS[command][0]).main(["--help"])
+    own = capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    assert capsys.readouterr().out == own and own.startswith("usage: ")
+
+
+def test_models_and_info_of_a_trained_model_import_no_torch_once_fingerprinted(
+        trained_log_dir, tmp_path, monkeypatch, capsys):
+    """A log dir's fingerprint is computed once (loading its weights), then kept: listing it
+    and naming it as a file's model import no torch."""
+    monkeypatch.setenv(zoo.MODELS_PATH_ENV, str(trained_log_dir.parent))
+    photo = tmp_path / "photo.png"
+    shutil.copy2(DATA / "golden.png", photo)
+    assert cli.main(["encode", "-m", str(trained_log_dir), str(photo), "-o",
+                     str(tmp_path / "photo.imgc")]) == 0
+    assert cli.main(["models"]) == 0  # computes the fingerprint
+    fingerprint = zoo.find(str(trained_log_dir)).fingerprint
+    job_id = zoo.job_id_of(trained_log_dir)
+    listed = _imgcomp_without_torch("models", cwd=tmp_path).splitlines()
+    assert listed[-1].split()[:3] == [job_id, job_id, fingerprint]
+    assert (f"model: {job_id} ({fingerprint})"
+            in _imgcomp_without_torch("info", "photo.imgc", cwd=tmp_path))
 
 
 def test_checkout_uses_its_ckpts_folder():
@@ -111,12 +177,17 @@ def test_installed_imgcomp_encodes_and_decodes_by_name_and_fingerprint(fresh_ven
     # `imgcomp encode` by name through the package (the console script decodes below).
     out = _run(fresh_venv / "bin" / "python", "-c", "import imgcomp, imgcomp.checkpoints.zoo as z; "
                "print(imgcomp.__file__); print(z.shipped_models_dir()); "
-               "print(*[m.name for m in z.shipped_models()]); from imgcomp.cli import main; "
+               "print(*[m.name for m in z.shipped_models()]); "
+               # an original log dir's configs, named by its name, come with the wheel
+               "from imgcomp.original.tf_log_dirs import configs_from_log_dir_name as c; "
+               "print(c('0515_1103 cvpr@low cvpr@res_shallow')[0].num_chan_bn); "
+               "from imgcomp.cli import main; "
                "raise SystemExit(main(['encode', '-m', 'med', 'in.png', '-o', 'in.imgc']))",
                cwd=tmp_path).splitlines()
     assert Path(out[0]).is_relative_to(fresh_venv)  # the wheel's copy, not the checkout's
     assert Path(out[1]) == fresh_venv / "share" / "imgcomp" / "ckpts"
     assert out[2].split() == [row.name for row in zoo.SHIPPED]
+    assert out[3] == str(load_config(ROOT / "ae_configs/cvpr/low", AE_SCHEMA).num_chan_bn)
     assert (tmp_path / "in.imgc").read_bytes() == GOLDEN.read_bytes()
 
     # Without --model: the model whose fingerprint the file's header carries.

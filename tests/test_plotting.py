@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgcomp.evaluation import plotting
+from imgcomp.evaluation import baselines, plotting, rd_figure
 from imgcomp.evaluation import results as measures
-from imgcomp.evaluation.results import Measure, write_measures_csv
+from imgcomp.evaluation.results import Measure, read_measures_csv, write_measures_csv
+from imgcomp.evaluation.validation import REAL_BPP_HEADER
 
 ROOT = Path(__file__).resolve().parents[1]
 JOBS = ("0101_0001", "0101_0002", "0101_0003")
@@ -106,14 +107,14 @@ def test_plot_and_bd_rates(results, tmp_path, capsys):
     assert rc == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(out) as img:
-        w, h = plotting.NORMAL_FIGSIZE
-        assert img.size == (w * plotting.NORMAL_DPI, h * plotting.NORMAL_DPI)
+        w, h = rd_figure.NORMAL_FIGSIZE
+        assert img.size == (w * rd_figure.NORMAL_DPI, h * rd_figure.NORMAL_DPI)
     rows = _bd_rows(out)
-    assert list(rows) == ["avif", "jpeg", plotting.PAPER_LABEL]
+    assert list(rows) == ["avif", "jpeg", rd_figure.PAPER_LABEL]
     assert all(r["metric"] == "ms-ssim" for r in rows.values())
     assert -55 < float(rows["jpeg"]["bd_rate_percent"]) < -45  # jpeg needs twice our bits
     assert 20 < float(rows["avif"]["bd_rate_percent"]) < 30  # avif needs 0.8x our bits
-    assert math.isfinite(float(rows[plotting.PAPER_LABEL]["bd_rate_percent"]))
+    assert math.isfinite(float(rows[rd_figure.PAPER_LABEL]["bd_rate_percent"]))
     printed = capsys.readouterr().out
     assert "A (0101_0001): 4 images" in printed and "jpeg" in printed
 
@@ -245,7 +246,7 @@ def test_original_defaults_end_to_end(results, tmp_path, monkeypatch, capsys):
     assert list(_bd_rows(tmp_path / "plot_Kodak.png")) == ["avif", "jpeg"]
     assert plotting.main([*args, "--paper_plot", "--style", "interp", "mean",
                           "--output_path", "both.png"]) == 0
-    assert list(_bd_rows(tmp_path / "both.png")) == ["avif", "jpeg", plotting.PAPER_LABEL]
+    assert list(_bd_rows(tmp_path / "both.png")) == ["avif", "jpeg", rd_figure.PAPER_LABEL]
 
 
 def test_what_each_style_draws(results, tmp_path, monkeypatch):
@@ -273,3 +274,100 @@ def test_ids_job_groups_and_points_outside(results, tmp_path, capsys):
     assert rc == 0 and "0101_0003 (0.900 bpp" in err and "outside the plot" in err
     rc, _ = _run(results, tmp_path, "--metric", "psnr", "--paper_plot")
     assert rc == 0 and "MS-SSIM only" in capsys.readouterr().err
+
+
+def _write_real_bpp(logs: Path, job: str, factor: float, skip: str | None = None) -> None:
+    """real_bpp.csv as val.py --real_bpp writes it: each image's real bpp = factor x its
+    estimate."""
+    estimate = read_measures_csv(logs / f"{job} kodak" / "measures.csv")
+    with open(logs / f"{job} kodak" / "real_bpp.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(REAL_BPP_HEADER)
+        for m in estimate:
+            if m.img_name != skip:
+                writer.writerow([m.img_name, m.bpp * factor, m.bpp, m.bpp, 1.0, 1.0])
+
+
+def test_real_bpp(results, tmp_path, capsys, monkeypatch):
+    """--real_bpp: our points, the plot and the BD-rates use real_bpp.csv's sizes."""
+    logs, _ = results
+    for job in JOBS:
+        _write_real_bpp(logs, job, 1.1)
+    drawn = []
+    monkeypatch.setattr(plotting, "plot_rd", lambda path, line, points, *a, **kw: drawn.append(
+        (points, kw["x_label"])))
+    rc, out = _run(results, tmp_path, "--real_bpp", "--style", "mean")
+    assert rc == 0
+    points, x_label = drawn[0]
+    np.testing.assert_allclose(points.bpp, np.array(JOB_BPP) * 1.1, atol=1e-5)
+    assert x_label == rd_figure.REAL_BPP_LABEL
+    assert "0101_0001 (0101_0001): 4 images, real bpp 0.2200" in capsys.readouterr().out
+    # jpeg needs 2x our estimated bits, so 2 / 1.1 x our real ones: BD-rate 1.1 / 2 - 1.
+    assert -47 < float(_bd_rows(out)["jpeg"]["bd_rate_percent"]) < -43
+    rc, out = _run(results, tmp_path)  # without the flag: the estimate, as before
+    assert -55 < float(_bd_rows(out)["jpeg"]["bd_rate_percent"]) < -45
+
+
+def test_real_bpp_missing_or_incomplete(results, tmp_path, capsys):
+    logs, _ = results
+    _write_real_bpp(logs, JOBS[0], 1.0)
+    rc, _ = _run(results, tmp_path, "--real_bpp")
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("error: job 0101_0002: no real file sizes, expected ")
+    assert str(logs / "0101_0002 kodak" / "real_bpp.csv") in err and "--real_bpp" in err
+    for job in JOBS[1:]:
+        _write_real_bpp(logs, job, 1.0, skip="c.png" if job == JOBS[2] else None)
+    rc, _ = _run(results, tmp_path, "--real_bpp")
+    err = capsys.readouterr().err
+    assert rc == 1 and len(err.strip().splitlines()) == 1
+    assert "real_bpp.csv: no real bpp of 1 image(s) of measures.csv (c.png)" in err
+
+
+def test_codec_results_found_where_they_are(results, tmp_path, capsys, monkeypatch):
+    """Without --other_codecs_root and $OTHER_CODECS_ROOT: ./other_codecs/DATASET if there, else
+    the committed results/other_codecs; where neither has it, the warning names both."""
+    logs, codecs = results
+    monkeypatch.delenv("OTHER_CODECS_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert baselines.COMMITTED_RESULTS_ROOT == ROOT / "results" / "other_codecs"
+    assert baselines.results_roots_to_read() == [Path("other_codecs"),
+                                                 baselines.COMMITTED_RESULTS_ROOT]
+    assert baselines.results_roots_to_read("x") == [Path("x")]
+    args = [str(logs), ",".join(JOBS), "kodak"]
+    shutil.move(codecs, tmp_path / "elsewhere")  # no ./other_codecs: the committed ones
+    assert plotting.main([*args, "-o", "committed.png"]) == 0
+    assert f"classical codecs: {ROOT / 'results' / 'other_codecs' / 'kodak'}" in (
+        capsys.readouterr().out)
+    assert list(_bd_rows(tmp_path / "committed.png")) == ["avif", "jp2k", "jpeg", "webp"]
+    shutil.move(tmp_path / "elsewhere", tmp_path / "other_codecs")  # ./other_codecs first
+    assert plotting.main([*args, "-o", "local.png"]) == 0
+    assert "classical codecs: other_codecs/kodak" in capsys.readouterr().out
+    assert list(_bd_rows(tmp_path / "local.png")) == ["avif", "jpeg"]
+    for job in JOBS:  # a dataset with no codec results anywhere
+        shutil.copytree(logs / f"{job} kodak", logs / f"{job} clic")
+    assert plotting.main([str(logs), ",".join(JOBS), "clic", "-o", "none.png"]) == 0
+    err = capsys.readouterr().err
+    assert (f"no classical codec results for 'clic' in other_codecs/clic nor "
+            f"{ROOT / 'results' / 'other_codecs' / 'clic'}") in err
+
+
+def test_default_ranges_fit_a_young_model(results, tmp_path, capsys, monkeypatch):
+    """No --x_range / --y_range: the original's 0..1.2 and 0.85..1 widened to show every point
+    of ours; given ranges are kept, with a warning naming the points left out."""
+    logs, _ = results
+    write_measures_csv(logs / "0101_0009 kodak" / "measures.csv", [
+        Measure(name, 2.5, 0.7, 20.0) for name, _, _ in IMAGES])
+    drawn = []
+    monkeypatch.setattr(plotting, "plot_rd", lambda path, line, points, *a, **kw: drawn.append(
+        (kw["x_range"], kw["y_range"])))
+    jobs = f"{JOBS[0]},0101_0009"
+    rc, _ = _run(results, tmp_path, "--style", "mean", jobs=jobs)
+    out, err = capsys.readouterr()
+    assert rc == 0 and "outside the plot" not in err
+    # 2.5 bpp + 8 %, up to a multiple of 0.1; 0.7 less 8 % of 0.3, down to a multiple of 0.05.
+    assert drawn[-1] == ((0.0, 2.7), (0.65, 1.0))
+    assert "bpp axis widened to 0..2.7" in out and "MS-SSIM axis widened to 0.65..1" in out
+    rc, _ = _run(results, tmp_path, "--style", "mean", "--x_range", "0,1.2", "--y_range",
+                 "0.85,1", jobs=jobs)
+    assert rc == 0 and drawn[-1] == ((0.0, 1.2), (0.85, 1.0))
+    assert "0101_0009 (2.500 bpp, 0.7) lie outside the plot" in capsys.readouterr().err

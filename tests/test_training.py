@@ -2,6 +2,7 @@
 
 import argparse
 import copy
+import io
 import logging
 import os
 import re
@@ -206,6 +207,44 @@ def test_train_from_glob_writes_log_dir_checkpoint_and_events(run_train, tiny_co
     assert len(re.findall(r" img/s  eta \d+:\d\d:\d\d\n", out)) == 3
     # train.py writes its console lines into the log dir itself.
     assert (log_dir / "console.log").read_text() == out
+
+
+def test_a_short_run_shows_its_progress_and_first_step(run_train, monkeypatch, capsys):
+    """Whatever the intervals (here the defaults: summaries every 100 steps), a run shows its
+    progress with the time left (a line every PROGRESS_LINE_SECONDS without a terminal, on
+    stderr, never in console.log) and summarizes its first and last steps, in TensorBoard
+    too."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setattr(train_console, "PROGRESS_LINE_SECONDS", 0.0)
+    code, logs = run_train("--max_steps", "3")
+    assert code == 0
+    out, err = capsys.readouterr()
+    assert re.findall(r"^\s+(\d+): loss=", out, re.M) == ["1", "3"]
+    assert re.findall(r"^step (\d)/3 \(\d+%\), [\d.]+ steps/s, eta \d+:\d\d:\d\d$", err,
+                      re.M) == ["1", "2", "3"]
+    log_dir = _only_log_dir(logs)
+    assert (log_dir / "console.log").read_text() == out
+    events = EventAccumulator(str(log_dir)).Reload()
+    assert [e.step for e in events.Scalars("train/total")] == [1, 3]
+
+
+def test_progress_bar_on_a_terminal():
+    """On a terminal: a bar, steps out of --max_steps with the time left."""
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    progress = train_console.Progress(10, 20, terminal)
+    for step in (15, 20):
+        time.sleep(0.15)  # the bar is redrawn at most every 0.1 s
+        progress.update(step)
+    drawn = terminal.getvalue()
+    assert re.search(r"15/20 \[00:00<00:0\d, [\d.]+step/s\]", drawn)  # <time left
+    assert "20/20 [" in drawn and "\n" not in drawn  # redrawn in place
+    progress.close()
+    assert terminal.getvalue().endswith("\r")  # and gone when the run ends
 
 
 def test_config_notes_go_to_the_console_log_and_nothing_else(ae_tiny, pc_tiny, monkeypatch,

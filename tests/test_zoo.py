@@ -5,6 +5,7 @@ encode/decode/info/models by name and by the header's fingerprint."""
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -12,10 +13,21 @@ import pytest
 from PIL import Image
 
 from imgcomp import api, cli
-from imgcomp.checkpoints import zoo
+from imgcomp.checkpoints import fingerprints, zoo
 from imgcomp.checkpoints.zoo import UnknownModelError
 from imgcomp.entropy_coding import bitstream
 from imgcomp.entropy_coding.bitstream import model_fingerprint
+
+
+@pytest.fixture(autouse=True)
+def elsewhere(tmp_path, monkeypatch):
+    """Each test runs in its own folder: the working directory's logs/ is searched for models,
+    and a checkout's own logs/ must change no result."""
+    monkeypatch.chdir(tmp_path)
+
+
+def _missing(folder):
+    return "" if folder.is_dir() else " (missing)"
 
 
 def _write_photo(path, h=24, w=32, seed=0):
@@ -65,9 +77,11 @@ def test_a_misspelt_name_loads_no_weights(trained_log_dir, monkeypatch):
             zoo.find(spec)
         assert loads == [], spec
         assert str(error.value) == (
-            f"no model {spec!r}: not a shipped name, a log dir, or the job id or fingerprint of "
-            f"a known model (known: low, med, hi, {job_id}; more with ${zoo.MODELS_PATH_ENV}; "
-            "`imgcomp models` lists them)")
+            f"no model {spec!r}: not a shipped name, a log dir, LOG_DIR_ROOT/JOB_ID, or the job "
+            f"id or fingerprint of a known model (known: low, med, hi, {job_id}; looked in "
+            f"{zoo.shipped_models_dir()}, {trained_log_dir.parent}, {zoo.user_models_dir()}"
+            f"{_missing(zoo.user_models_dir())}, logs (missing); more with "
+            f"${zoo.MODELS_PATH_ENV}; `imgcomp models` lists them)")
     with pytest.raises(UnknownModelError, match="no model '0123456789abcdef'"):
         zoo.find("0123456789abcdef")
     assert len(loads) == 1  # a fingerprint: the one model not shipped, once
@@ -114,10 +128,16 @@ def test_models_lists_the_shipped_ones(capsys):
     assert cli.main(["models"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:3] == ["name", "job", "id"]
-    for row, line in zip(zoo.SHIPPED, lines[1:], strict=True):
+    shipped, authors = lines[1:1 + len(zoo.SHIPPED)], lines[1 + len(zoo.SHIPPED):]
+    for row, line in zip(zoo.SHIPPED, shipped, strict=True):
         assert line.split()[:6] == [row.name, row.job_id, row.fingerprint, f"{row.kodak_bpp:.4f}",
                                     "/", f"{row.kodak_ms_ssim:.4f}"]
         assert line.endswith(str(zoo.find(row.name).log_dir))
+    # The authors' models follow, with the original README's labels and numbers.
+    for row, line in zip(zoo.AUTHORS, authors, strict=True):
+        assert line.split()[:7] == [row.label, row.job_id, "-", f"{row.kodak_bpp:.3f}", "/",
+                                    f"{row.kodak_ms_ssim:.3f}", "(paper)"]
+        assert line.endswith("(not installed: imgcomp models --download authors)")
 
 
 def test_encode_a_folder(tmp_path, capsys):
@@ -210,7 +230,8 @@ def test_decode_looks_the_model_up_once(tmp_path, monkeypatch, capsys):
     photo = _write_photo(tmp_path / "photo.png")
     assert cli.main(["encode", "-m", "low", str(photo), "-o", str(tmp_path / "photo.imgc")]) == 0
     finds = _count_calls(monkeypatch, "imgcomp.checkpoints.zoo.find")
-    by_fingerprint = _count_calls(monkeypatch, "imgcomp.checkpoints.zoo.find_by_fingerprint")
+    by_fingerprint = _count_calls(monkeypatch,
+                                  "imgcomp.checkpoints.zoo.find_all_by_fingerprint")
     unpacks = _count_calls(monkeypatch, "imgcomp.entropy_coding.bitstream.unpack")
     monkeypatch.setattr("imgcomp.codec.image_codec.unpack", bitstream.unpack)  # the same counter
     out = str(tmp_path / "out.png")
@@ -219,3 +240,85 @@ def test_decode_looks_the_model_up_once(tmp_path, monkeypatch, capsys):
     assert cli.main(["decode", "-m", "low", str(tmp_path / "photo.imgc"), "-o", out]) == 0
     assert (len(finds), len(by_fingerprint), len(unpacks)) == (1, 1, 2)
     assert capsys.readouterr().out.count("model low") == 2
+
+
+def _copy_log_dir(log_dir, root, job_id):
+    """A copy of `log_dir` under `root`, as job `job_id`: the same weights."""
+    copy = root / log_dir.name.replace(zoo.job_id_of(log_dir), job_id, 1)
+    shutil.copytree(log_dir, copy)
+    return copy
+
+
+def test_a_model_just_trained_is_found_by_its_job_id(trained_log_dir, tmp_path, monkeypatch,
+                                                     capsys):
+    """train.py's default log root, the working directory's logs/, is searched for job ids;
+    LOG_DIR_ROOT/JOB_ID (as val.py takes a job) names a log dir anywhere."""
+    monkeypatch.delenv(zoo.MODELS_PATH_ENV, raising=False)
+    trained = _copy_log_dir(trained_log_dir, tmp_path / "logs", "1207_1509")
+    other = _copy_log_dir(trained_log_dir, tmp_path / "runs", "1207_1510")
+    assert zoo.find("1207_1509").log_dir.resolve() == trained.resolve()
+    for spec in ("logs/1207_1509", f"{tmp_path}/logs/1207_1509"):
+        assert zoo.find(spec).log_dir.resolve() == trained.resolve()
+    assert zoo.find("runs/1207_1510").log_dir.resolve() == other.resolve()
+    photo = _write_photo(tmp_path / "photo.png", 16, 16)
+    assert cli.main(["encode", "-m", "1207_1509", "photo.png", "-o", "photo.imgc"]) == 0
+    assert cli.main(["encode", "-m", "runs/1207_1510", str(photo), "-o", "b.imgc"]) == 0
+    capsys.readouterr()
+
+    with pytest.raises(UnknownModelError, match=r"^no model 'runs/1207_1599': no job "
+                       r"'1207_1599' in runs \(jobs there: 1207_1510\)$"):
+        zoo.find("runs/1207_1599")
+    with pytest.raises(UnknownModelError, match=r"^no model 'nowhere/1207_1509': neither a log "
+                       r"dir nor LOG_DIR_ROOT/JOB_ID \(no folder nowhere\)$"):
+        zoo.find("nowhere/1207_1509")
+    assert cli.main(["encode", "-m", "1207_1510", str(photo), "-o", "c.imgc"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "no model '1207_1510'" in err
+    # It names where it looked: $IMGCOMP_MODELS unset, the shipped models, the user's models
+    # folder, logs/.
+    assert (f"looked in ${zoo.MODELS_PATH_ENV} unset; {zoo.shipped_models_dir()}, "
+            f"{zoo.user_models_dir()}{_missing(zoo.user_models_dir())}, logs;") in err
+
+
+def test_identical_weights_decode_with_a_note_naming_the_candidates(trained_log_dir, tmp_path,
+                                                                    monkeypatch, capsys):
+    """Two log dirs with the same weights (same seed, same steps) share a fingerprint: decode
+    uses the first in lookup order, the same every time, and says which others match."""
+    root = tmp_path / "models"
+    second = _copy_log_dir(trained_log_dir, root, "1207_1510")
+    first = _copy_log_dir(trained_log_dir, root, "1207_1509")
+    monkeypatch.setenv(zoo.MODELS_PATH_ENV, str(root))
+    photo = _write_photo(tmp_path / "photo.png", 16, 16)
+    assert cli.main(["encode", "-m", str(second), str(photo), "-o", "photo.imgc"]) == 0
+    capsys.readouterr()
+    assert [m.log_dir for m in zoo.find_all_by_fingerprint(
+        (tmp_path / "photo.imgc").read_bytes()[5:13])] == [first, second]
+    for _ in range(2):
+        assert cli.main(["decode", "photo.imgc", "-o", "out.png"]) == 0
+        captured = capsys.readouterr()
+        assert "model 1207_1509)" in captured.out
+        assert captured.err == ("note: 2 known models have this fingerprint (identical weights: "
+                                f"the same decoder): 1207_1509 ({first}), 1207_1510 ({second}); "
+                                "using 1207_1509\n")
+    assert cli.main(["info", "photo.imgc"]) == 0
+    assert "also 1207_1510 (identical weights)" in capsys.readouterr().out
+
+
+def test_fingerprints_are_computed_once_per_checkpoint(trained_log_dir, tmp_path, monkeypatch):
+    """A fingerprint is kept in the user's cache dir until its checkpoint changes, so listing
+    and looking up models loads no weights the second time, in any process."""
+    log_dir = _copy_log_dir(trained_log_dir, tmp_path, "1207_1509")
+    expected = model_fingerprint(api.load_model(log_dir)).hex()
+    loads = _count_calls(monkeypatch, "imgcomp.checkpoints.fingerprints.load_codec")
+    assert fingerprints.fingerprint_of(log_dir) == expected and len(loads) == 1
+    assert fingerprints.fingerprint_of(log_dir / "ckpts") == expected and len(loads) == 1
+    assert fingerprints.cache_path().is_file()
+    checkpoint = max((log_dir / "ckpts").glob("ckpt-*.pt"))
+    os.utime(checkpoint, ns=(0, 0))  # rewritten, as far as the cache can tell
+    assert fingerprints.fingerprint_of(log_dir) == expected and len(loads) == 2
+    shutil.rmtree(log_dir)  # entries of checkpoints gone are dropped at the next write
+    other = _copy_log_dir(trained_log_dir, tmp_path, "1207_1510")
+    fingerprints.fingerprint_of(other)
+    assert str(checkpoint) not in fingerprints.cache_path().read_text()
+    fingerprints.cache_path().write_text("not json")  # a broken cache is only a cache
+    assert fingerprints.fingerprint_of(other) == expected and len(loads) == 4

@@ -18,7 +18,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     the suffix keep working), hidden by a leading dot; renamed onto `path` when the block ends
     without error, removed otherwise."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    except OSError as e:  # named after the file asked for, not the hidden temporary
+        raise type(e)(e.errno, e.strerror, os.fspath(path)) from None
     os.close(fd)
     try:
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are shared files

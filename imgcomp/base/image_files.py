@@ -16,10 +16,13 @@ import numpy as np
 from PIL import Image
 
 from imgcomp.base.atomic import atomic_path
+from imgcomp.base.user_dirs import data_dir
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"})
-# Known set names, as the original: `kodak` = $VAL_ROOT/kodak/*.png.
-KNOWN_DATASETS = {"kodak": ("kodak", "*.png")}
+# Known set names: name -> (folder, glob, the `imgcomp data --download` name of the set). As the
+# original, `kodak` = $VAL_ROOT/kodak/*.png; without it, the downloaded set in data_dir().
+KNOWN_DATASETS = {"kodak": ("kodak", "*.png", "kodak"),
+                  "bsds500_val": ("bsds500/val", "*.jpg", "bsds500")}
 # `samples`: real photographs that ship inside the scikit-image wheel, so that val.py runs on
 # a fresh install with no download.
 SAMPLE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png",
@@ -56,6 +59,11 @@ def resolve_image_paths(spec: str) -> list[Path]:
     else:
         paths = [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
     if not paths:
+        if os.path.isdir(pattern):
+            raise DatasetError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in the "
+                               f"folder {spec}")
+        if not any(ch in spec for ch in "*?["):  # a name, not a glob: it is not there
+            raise DatasetError(f"{spec}: no such file or folder")
         raise DatasetError(f"no image files match the dataset spec {spec!r}")
     return sorted(Path(p) for p in paths)
 
@@ -78,17 +86,29 @@ def dataset_name(spec: str) -> str:
 
 def resolve_images(spec: str) -> tuple[str, list[Path]]:
     """(dataset name, sorted image paths) of an IMAGES argument (val.py, other_codecs.py): a
-    known name (`kodak`, under $VAL_ROOT; `samples`, photos bundled with scikit-image), a
-    folder, or a quoted glob. DatasetError if nothing matches."""
+    known name (`kodak`, `bsds500_val`: see known_dataset_paths; `samples`, photos bundled
+    with scikit-image), a folder, or a quoted glob. DatasetError if nothing matches."""
     if spec == "samples" and not os.path.exists(spec):
         return spec, sample_photos()
     if spec in KNOWN_DATASETS and not os.path.exists(spec):
-        root = os.environ.get("VAL_ROOT")
-        if not root:
-            raise DatasetError(f"{spec!r} means $VAL_ROOT/{spec}/*.png, but VAL_ROOT is not set")
-        folder, pattern = KNOWN_DATASETS[spec]
-        return spec, resolve_image_paths(os.path.join(root, folder, pattern))
+        return spec, known_dataset_paths(spec)
     return dataset_name(spec), resolve_image_paths(spec)
+
+
+def known_dataset_paths(name: str) -> list[Path]:
+    """The images of a KNOWN_DATASETS name: in $VAL_ROOT/FOLDER if VAL_ROOT is set and that
+    holds any, else in data_dir()/FOLDER (where `imgcomp data --download` puts them).
+    DatasetError naming the folders tried if neither does."""
+    folder, pattern, download_name = KNOWN_DATASETS[name]
+    roots = [r for r in (os.environ.get("VAL_ROOT"), data_dir()) if r]
+    for root in roots:
+        paths = sorted(p for p in Path(root, folder).glob(pattern) if p.is_file())
+        if paths:
+            return paths
+    tried = " nor ".join(f"{Path(root, folder, pattern)}" for root in roots)
+    val_root = "" if os.environ.get("VAL_ROOT") else " ($VAL_ROOT is not set)"
+    raise DatasetError(f"{name!r}: no images in {tried}{val_root}; `imgcomp data --download "
+                       f"{download_name}` puts them in {Path(data_dir(), folder)}")
 
 
 def sample_photos() -> list[Path]:
@@ -151,8 +171,24 @@ def _rgb8_array(array: np.ndarray) -> np.ndarray:
     return array
 
 
+def image_format(path: str | os.PathLike) -> str:
+    """The Pillow format that `path`'s extension names; PNG (lossless, as dwebp writes by
+    default) for a name without one. ValueError naming the path for an extension that no
+    format Pillow writes has."""
+    suffix = Path(path).suffix.lower()
+    if not suffix:
+        return "PNG"
+    Image.init()  # registers every plugin's extensions
+    found = Image.registered_extensions().get(suffix)
+    if found not in Image.SAVE:
+        raise ValueError(f"cannot write {os.fspath(path)}: no image format has the extension "
+                         f"{suffix!r} (lossless: .png, .bmp, .tif, .ppm)")
+    return found
+
+
 def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
-    """Write an H x W x 3 uint8 array in the format `path`'s suffix names (.png: lossless),
-    atomically."""
+    """Write an H x W x 3 uint8 array in the format `path`'s extension names (image_format:
+    .png or none, lossless PNG), atomically."""
+    format_name = image_format(path)
     with atomic_path(path) as tmp:
-        Image.fromarray(image).save(tmp)
+        Image.fromarray(image).save(tmp, format=format_name)

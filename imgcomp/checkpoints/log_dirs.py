@@ -15,12 +15,9 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from imgcomp.base.atomic import atomic_write_bytes
-from imgcomp.codec.image_codec import ImageCodec
 from imgcomp.config.parsing import (
     RESTORE_PREFIX,
     Config,
@@ -37,7 +34,15 @@ from imgcomp.original.tf_log_dirs import (
     read_tf_state,
 )
 
+# torch is imported where checkpoints are saved or loaded: naming, listing and finding log dirs
+# (`imgcomp models`, `imgcomp info`) answer without it.
+if TYPE_CHECKING:
+    import torch
+
+    from imgcomp.codec.image_codec import ImageCodec
+
 CKPTS_DIRNAME = "ckpts"
+DEFAULT_LOG_DIR_ROOT = "logs"  # train.py's --log_dir_root unless given
 AE_CONFIG_NAME = "ae_config"
 PC_CONFIG_NAME = "pc_config"
 _CKPT_RE = re.compile(r"^ckpt-(\d+)\.pt$")
@@ -217,12 +222,22 @@ def checkpoint_path(ckpt_dir: str | os.PathLike, step: int = -1) -> Path:
     return eligible[-1]
 
 
+def checkpoint_mtime_ns(path: str | os.PathLike) -> int:
+    """When a checkpoint as checkpoint_path names it was written: its `.pt` file's
+    modification time, or its `.index` file's for a TF prefix of the original (no file)."""
+    path = Path(path)
+    index = path.with_name(path.name + ".index")
+    return (index if index.is_file() else path).stat().st_mtime_ns
+
+
 def save_checkpoint(ckpt_dir: Path, step: int, state: dict[str, Any], keep: int = 5,
                     keep_every_hours: float | None = None, run_start: float | None = None
                     ) -> Path:
     """Write `ckpt-STEP.pt` atomically (temp file + rename: a kill never leaves a broken
     checkpoint), then prune: keep the newest `keep` checkpoints (0: all) and, with
     `keep_every_hours`, one every so many hours (see prune_checkpoints)."""
+    import torch
+
     path = ckpt_dir / f"ckpt-{step}.pt"
     buffer = io.BytesIO()
     torch.save({"step": step, **state}, buffer)
@@ -282,6 +297,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """Load a checkpoint with weights_only=True (no arbitrary code from pickles). A TF
     checkpoint of the original (a `ckpt-STEP` prefix) gives its step and its weights in our
     names, without the original's optimizer states."""
+    import torch
+
     path = Path(path)
     if path.with_name(path.name + ".index").is_file():
         with _as_checkpoint_error():  # log_dir/ckpts/ckpt-STEP
@@ -295,6 +312,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 def load_codec(ckpt_dir: str | os.PathLike, step: int = -1,
                device: torch.device | str = "cpu") -> ImageCodec:
     """The model of a log dir's checkpoint at `step`, in eval mode."""
+    import torch
+
+    from imgcomp.codec.image_codec import ImageCodec
+
     ae_cfg, pc_cfg = read_configs(ckpt_dir)
     model = ImageCodec.from_configs(ae_cfg, pc_cfg)
     model.load_state_dict(load_checkpoint(checkpoint_path(ckpt_dir, step), device)["model"])

@@ -14,10 +14,12 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from torch import nn
+from imgcomp.nets.shapes import SUBSAMPLING
 
-from imgcomp.nets.autoencoder import SUBSAMPLING
+if TYPE_CHECKING:  # headers are read without torch (`imgcomp info` answers at once)
+    from torch import nn
 
 MAGIC = b"IMGC"
 FORMAT_VERSION = 1

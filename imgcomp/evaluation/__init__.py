@@ -1,7 +1,9 @@
 """Measuring: MS-SSIM as the original defines it and PSNR (`quality`), per-image
 measures, the results layout (`"<job_id> <dataset>"` folders, measures.csv, real_bpp.csv), means
-and BD-rates (`results`), val.py (`validation`), the classical codecs of other_codecs.py
-(`baselines`), plotter.py (`plotting`) and the side-by-side crop figure (`crop_figure`).
+and BD-rates (`results`), val.py (`validation`; its flags, importable without torch, in
+`validation_flags`), the classical codecs of other_codecs.py (`baselines`), plotter.py
+(`plotting`) and its rate-distortion figure (`rd_figure`), the side-by-side crop figure
+(`crop_figure`) and `imgcomp report`'s HTML page (`report`, `report_page`).
 
 May import: imgcomp.base, imgcomp.config, imgcomp.nets, imgcomp.entropy_coding, imgcomp.codec,
 imgcomp.original, imgcomp.checkpoints, imgcomp.data.

@@ -29,16 +29,34 @@ from PIL import Image, features
 from tqdm import tqdm
 
 from imgcomp.base.image_files import ImageReadError, read_image, resolve_images
-from imgcomp.evaluation.results import Measure, mean_measures, measure, write_measures_csv
+from imgcomp.evaluation.results import (
+    MEASURES_CSV,
+    Measure,
+    mean_measures,
+    measure,
+    write_measures_csv,
+)
 
 Setting = int | float  # a quality or compression ratio; float only where Codec.fractional
 DEFAULT_RESULTS_ROOT = "other_codecs"
+RESULTS_ROOT_ENV = "OTHER_CODECS_ROOT"
+# The measures committed with the project (Kodak, BSDS500 val), found from a checkout.
+COMMITTED_RESULTS_ROOT = Path(__file__).resolve().parents[2] / "results" / "other_codecs"
 
 
 def results_root(path: str | os.PathLike | None = None) -> Path:
     """Root of the codecs' measures (other_codecs.py writes it, plotter.py reads it): `path` if
     given, else $OTHER_CODECS_ROOT, else ./other_codecs."""
-    return Path(path or os.environ.get("OTHER_CODECS_ROOT") or DEFAULT_RESULTS_ROOT)
+    return Path(path or os.environ.get(RESULTS_ROOT_ENV) or DEFAULT_RESULTS_ROOT)
+
+
+def results_roots_to_read(path: str | os.PathLike | None = None) -> list[Path]:
+    """Where readers (plotter.py, imgcomp report) look for the codecs' measures, in order:
+    `path` or $OTHER_CODECS_ROOT alone if given; else ./other_codecs (other_codecs.py's own
+    output), then the committed results/other_codecs of this checkout."""
+    if path or os.environ.get(RESULTS_ROOT_ENV):
+        return [results_root(path)]
+    return [results_root(), COMMITTED_RESULTS_ROOT]
 
 
 @dataclass(frozen=True)
@@ -280,6 +298,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, by_value in results.items():
         folder = results_root(args.out) / dataset / name
         for value, measures in by_value.items():
-            write_measures_csv(folder / CODECS[name].folder(value) / "measures.csv", measures)
+            write_measures_csv(folder / CODECS[name].folder(value) / MEASURES_CSV, measures)
         _print_table(CODECS[name], by_value, folder)
     return 0

@@ -70,21 +70,28 @@ def closest_setting(codec: Codec, original: np.ndarray, target_bpp: float
     return best, *cache[best]
 
 
+def codec_panels(original: np.ndarray, target_bpp: float, codec_names: Sequence[str]
+                 ) -> list[Panel]:
+    """Each codec's panel at the setting whose real file size comes closest to target_bpp."""
+    pixels = original.shape[0] * original.shape[1]
+    panels = []
+    for name in codec_names:
+        codec = CODECS[name]
+        value, bpp, decoded = closest_setting(codec, original, target_bpp)
+        panels.append(Panel(f"{name.upper()} ({codec.unit}={value})", decoded,
+                            *measure(original, decoded, bpp * pixels)))
+    return panels
+
+
 def build_panels(original: np.ndarray, model_dir: Path, codec_names: Sequence[str]
                  ) -> list[Panel]:
     pixels = original.shape[0] * original.shape[1]
     model = load_model(model_dir)
     data = model.compress(original)
     ours = model.decompress(data)
-    our_bpp = 8 * len(data) / pixels
-    panels = [Panel("Original", original),
-              Panel("Ours", ours, *measure(original, ours, 8 * len(data)))]
-    for name in codec_names:
-        codec = CODECS[name]
-        value, bpp, decoded = closest_setting(codec, original, our_bpp)
-        panels.append(Panel(f"{name.upper()} ({codec.unit}={value})", decoded,
-                            *measure(original, decoded, bpp * pixels)))
-    return panels
+    return [Panel("Original", original),
+            Panel("Ours", ours, *measure(original, ours, 8 * len(data))),
+            *codec_panels(original, 8 * len(data) / pixels, codec_names)]
 
 
 def draw(panels: Sequence[Panel], box: tuple[int, int, int, int], path: Path,

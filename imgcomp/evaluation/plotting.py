@@ -2,8 +2,11 @@
 classical codecs and (--paper_plot) the paper's Fig. 1 curve, plus a BD-rate table.
 
 Inputs: `LOG_DIR_ROOT/<JOB_ID> <DATASET>/measures.csv` per job (written by val.py; each job is
-one operating point) and `OTHER_CODECS_ROOT/<DATASET>/<codec>/<quality>/measures.csv` per codec
-setting. Codec curves are always the mean over images per quality setting, sorted by bpp.
+one operating point; with --real_bpp its bpp are replaced by the real file sizes of
+`real_bpp.csv` beside it, val.py --real_bpp) and
+`OTHER_CODECS_ROOT/<DATASET>/<codec>/<quality>/measures.csv` per codec setting (real file sizes;
+by default from ./other_codecs, else the committed results/other_codecs). Codec curves are
+always the mean over images per quality setting, sorted by bpp.
 
 BD-rate (see `imgcomp.evaluation.results`) of ours against each codec and, for MS-SSIM, the paper's
 curve: anchor = codec, test = ours, negative = ours needs fewer bits. It always uses our jobs'
@@ -20,15 +23,30 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
-from imgcomp.base.atomic import atomic_path
-from imgcomp.evaluation.baselines import DEFAULT_RESULTS_ROOT, results_root
+from imgcomp.evaluation.baselines import (
+    COMMITTED_RESULTS_ROOT,
+    DEFAULT_RESULTS_ROOT,
+    RESULTS_ROOT_ENV,
+    results_roots_to_read,
+)
+from imgcomp.evaluation.rd_figure import (
+    BPP_LABEL,
+    DEFAULT_X_RANGE,
+    METRIC_LABELS,
+    MS_SSIM_DEFAULT_Y,
+    REAL_BPP_LABEL,
+    default_x_range,
+    default_y_range,
+    paper_curve,
+    plot_rd,
+    points_outside,
+)
 from imgcomp.evaluation.results import (
+    MEASURES_CSV,
     METRIC_ATTRS,
+    REAL_BPP_CSV,
     Curve,
     Measure,
     bd_rate_table,
@@ -36,38 +54,19 @@ from imgcomp.evaluation.results import (
     make_curve,
     mean_measures,
     non_monotone_points,
+    read_bpp_real,
     read_measures_csv,
+    results_dir,
+    with_real_bpp,
     write_bd_csv,
 )
 
-METRIC_LABELS = {"ms-ssim": "MS-SSIM", "psnr": "PSNR [dB]"}
-PAPER_LABEL = "Mentzer et al. 2018 (paper, Fig. 1)"
-# The paper's Fig. 1 curve on Kodak, (bpp, MS-SSIM).
-PAPER_FIG1 = (
-    (0.127, 0.9289), (0.153, 0.9417), (0.180, 0.9498), (0.206, 0.9554), (0.233, 0.9599),
-    (0.259, 0.9637), (0.286, 0.9669), (0.312, 0.9696), (0.339, 0.9718), (0.365, 0.9738),
-    (0.392, 0.9755), (0.418, 0.9771), (0.445, 0.9785), (0.471, 0.9797), (0.498, 0.9809),
-    (0.524, 0.9819), (0.551, 0.9829), (0.578, 0.9838), (0.604, 0.9846), (0.631, 0.9853),
-    (0.657, 0.9860), (0.684, 0.9867), (0.710, 0.9873), (0.737, 0.9878), (0.763, 0.9883),
-    (0.790, 0.9888), (0.816, 0.9892), (0.843, 0.9896),
-)
 INTERP_GRID_POINTS = 100
-# The original's defaults: --x_range 0,1.2 --y_range 0.85,1.0 (its plot was MS-SSIM only),
-# --style interp, output plot_<TITLE>.png with TITLE from its TITLES (plot_Kodak.png).
-DEFAULT_X_RANGE = (0.0, 1.2)
-MS_SSIM_DEFAULT_Y = (0.85, 1.0)
+# The original's defaults: --style interp, output plot_<TITLE>.png with TITLE from its TITLES
+# (plot_Kodak.png); its axis ranges are rd_figure's defaults.
 DEFAULT_STYLE = ("interp",)
 TITLES = {"u100": "Urban100", "b100": "B100", "rf100": "ImageNetVal", "kodak": "Kodak",
           "testset": "TestSet"}
-
-# Normal figure: screen-sized, with a title. --paper_figure: a small fixed-size figure with
-# larger fonts relative to it, no title, tight bounding box, 300 dpi for raster output and
-# TrueType (not Type 3) fonts in PDFs, which publishers ask for.
-NORMAL_FIGSIZE, NORMAL_DPI = (8.0, 6.0), 120
-PAPER_FIGSIZE, PAPER_DPI = (5.0, 3.75), 300
-NORMAL_RC = {"font.size": 10.0}
-PAPER_RC = {"font.size": 12.0, "legend.fontsize": 9.0, "pdf.fonttype": 42, "ps.fonttype": 42}
-CODEC_MARKERS = "sv^DPX<>p"
 
 
 class PlotError(Exception):
@@ -76,11 +75,6 @@ class PlotError(Exception):
 
 def warn(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr)
-
-
-def paper_curve() -> Curve:
-    bpp, ms_ssim = zip(*PAPER_FIG1, strict=True)
-    return make_curve(PAPER_LABEL, bpp, ms_ssim)
 
 
 def parse_range(text: str, flag: str) -> tuple[float, float]:
@@ -106,26 +100,38 @@ def _read_measures(path: Path) -> list[Measure]:
 
 
 def job_results_path(log_dir_root: Path, job_id: str, dataset: str) -> Path:
-    return log_dir_root / f"{job_id} {dataset}" / "measures.csv"
+    return results_dir(log_dir_root, job_id, dataset) / MEASURES_CSV
 
 
 def job_datasets(log_dir_root: Path, job_id: str) -> list[str]:
     """Datasets with a `<JOB_ID> <DATASET>/measures.csv` (training log dirs have none)."""
     prefix = f"{job_id} "
     return sorted(p.name[len(prefix):] for p in log_dir_root.iterdir()
-                  if p.name.startswith(prefix) and (p / "measures.csv").is_file())
+                  if p.name.startswith(prefix) and (p / MEASURES_CSV).is_file())
 
 
-def load_job_measures(log_dir_root: Path, job_id: str, dataset: str) -> list[Measure]:
-    """A job's per-image measures on dataset; PlotError naming the expected file and the
-    datasets the job does have results for."""
+def load_job_measures(log_dir_root: Path, job_id: str, dataset: str,
+                      real_bpp: bool = False) -> list[Measure]:
+    """A job's per-image measures on dataset, with `real_bpp` their bpp the real file sizes
+    of real_bpp.csv; PlotError naming the expected file (and the datasets the job does have
+    results for)."""
     path = job_results_path(log_dir_root, job_id, dataset)
     if not path.is_file():
         have = job_datasets(log_dir_root, job_id)
         raise PlotError(f"job {job_id}: no results on {dataset!r}, expected {path} "
                         f"(run val.py); results of this job exist for: "
                         f"{', '.join(have) if have else 'no dataset'}")
-    return _read_measures(path)
+    measures = _read_measures(path)
+    if not real_bpp:
+        return measures
+    real_path = path.with_name(REAL_BPP_CSV)  # val.py --real_bpp writes it beside
+    if not real_path.is_file():
+        raise PlotError(f"job {job_id}: no real file sizes, expected {real_path} (run val.py "
+                        f"{log_dir_root} {job_id} <{dataset} images> --real_bpp)")
+    try:
+        return with_real_bpp(measures, read_bpp_real(real_path), real_path)
+    except ValueError as e:
+        raise PlotError(str(e)) from e
 
 
 def interp_curve(image_curves: Sequence[tuple[Sequence[float], Sequence[float]]],
@@ -180,6 +186,20 @@ def our_line(jobs: Sequence[Sequence[Measure]], points: Curve, metric: str,
     return Curve("Ours", grid, mean), "interp"
 
 
+def find_codec_results(flag: str | None, dataset: str) -> Path | None:
+    """The codecs' results root holding `dataset` (see baselines.results_roots_to_read: the
+    flag or $OTHER_CODECS_ROOT, else ./other_codecs, then the committed results); None, with
+    a warning naming every place looked in, if none holds it."""
+    roots = results_roots_to_read(flag)
+    for root in roots:
+        if (root / dataset).is_dir():
+            return root
+    warn(f"no classical codec results for {dataset!r} in "
+         f"{' nor '.join(str(root / dataset) for root in roots)} (see --other_codecs_root, "
+         f"${RESULTS_ROOT_ENV}; other_codecs.py measures them); plotting without codecs")
+    return None
+
+
 def load_codec_curves(root: Path, dataset: str, metric: str,
                       codecs: Sequence[str] | None = None,
                       our_images: set[str] | None = None) -> list[Curve]:
@@ -203,9 +223,9 @@ def load_codec_curves(root: Path, dataset: str, metric: str,
     for name in names:
         bpps, values, other_images = [], [], False
         for quality in sorted(p for p in (folder / name).iterdir() if p.is_dir()):
-            if not (quality / "measures.csv").is_file():
+            if not (quality / MEASURES_CSV).is_file():
                 continue  # a setting still being measured
-            measures = _read_measures(quality / "measures.csv")
+            measures = _read_measures(quality / MEASURES_CSV)
             means = mean_measures(measures)
             bpps.append(means.bpp)
             values.append(getattr(means, METRIC_ATTRS[metric]))
@@ -221,91 +241,9 @@ def load_codec_curves(root: Path, dataset: str, metric: str,
     return curves
 
 
-def _tex_escape(text: str) -> str:
-    """Labels (job ids like 0515_1103, file names) as literal LaTeX text."""
-    out = text.replace("\\", r"\textbackslash{}")
-    for ch in "_%&#${}":
-        out = out.replace(ch, "\\" + ch)
-    return out
-
-
 def default_output(dataset: str) -> str:
     """plot_<TITLE>.png as the original: plot_Kodak.png for kodak; other names as they are."""
     return f"plot_{TITLES.get(dataset, dataset)}.png"
-
-
-def default_y_range(metric: str, curves: Sequence[Curve],
-                    x_range: tuple[float, float]) -> tuple[float, float]:
-    """MS-SSIM: the original's 0.85..1. Otherwise the range of the curves' points inside
-    x_range, padded by 5 %."""
-    if metric == "ms-ssim":
-        return MS_SSIM_DEFAULT_Y
-    ys = np.concatenate([c.metric[(c.bpp >= x_range[0]) & (c.bpp <= x_range[1])]
-                         for c in curves])
-    if not len(ys):
-        ys = np.concatenate([c.metric for c in curves])
-    lo, hi = float(ys.min()), float(ys.max())
-    pad = 0.05 * (hi - lo) if hi > lo else 0.5
-    return lo - pad, hi + pad
-
-
-def points_outside(points: Curve, x_range: tuple[float, float],
-                   y_range: tuple[float, float]) -> list[str]:
-    """Labels of our points that the axis ranges leave out of the plot."""
-    out = []
-    for i, (b, v) in enumerate(zip(points.bpp, points.metric, strict=True)):
-        if not (x_range[0] <= b <= x_range[1] and y_range[0] <= v <= y_range[1]):
-            label = points.point_labels[i] if points.point_labels else f"{b:.3f}"
-            out.append(f"{label} ({b:.3f} bpp, {v:.4g})")
-    return out
-
-
-def plot_rd(path: Path, line: Curve, points: Curve, codecs: Sequence[Curve],
-            paper: Curve | None, *, metric: str, title: str, x_range: tuple[float, float],
-            y_range: tuple[float, float], paper_figure: bool, usetex: bool,
-            show_points: bool = True) -> None:
-    """Draw and save the plot; the file type follows path's extension. `line` is our curve;
-    `points` (our jobs' mean points, labelled) are drawn if show_points."""
-    text = _tex_escape if usetex else str
-    rc = {**(PAPER_RC if paper_figure else NORMAL_RC), "text.usetex": usetex}
-    # Text objects read usetex when created and when drawn, so build and save inside the
-    # context. Figure + Agg canvas: no pyplot state, no display needed.
-    with matplotlib.rc_context(rc):
-        fig = Figure(figsize=PAPER_FIGSIZE if paper_figure else NORMAL_FIGSIZE)
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
-        ax.plot(line.bpp, line.metric, color="tab:red", linewidth=2.0, zorder=5,
-                label=text(line.label))
-        if show_points:
-            ax.plot(points.bpp, points.metric, linestyle="none", marker="o", color="tab:red",
-                    markersize=6, zorder=6)
-            for x, y, label in zip(points.bpp, points.metric, points.point_labels, strict=True):
-                # Above-left of the point on a faint white box: readable over other curves.
-                ax.annotate(text(label), (x, y), xytext=(-5, 5), textcoords="offset points",
-                            ha="right", va="bottom", fontsize="small", color="tab:red",
-                            zorder=7, bbox={"boxstyle": "round,pad=0.1", "fc": "white",
-                                            "ec": "none", "alpha": 0.7})
-        if paper is not None:
-            ax.plot(paper.bpp, paper.metric, color="black", linestyle="--", linewidth=1.5,
-                    label=text(paper.label), zorder=4)
-        for i, codec in enumerate(codecs):
-            ax.plot(codec.bpp, codec.metric, marker=CODEC_MARKERS[i % len(CODEC_MARKERS)],
-                    markersize=4, linewidth=1.2, label=text(codec.label),
-                    color=f"C{i % 10}" if i % 10 != 3 else "C9")  # C3 is ours' red
-        ax.set_xlim(*x_range)
-        ax.set_ylim(*y_range)
-        ax.set_xlabel("bpp")
-        ax.set_ylabel(text(METRIC_LABELS[metric]))
-        ax.grid(True, alpha=0.3)
-        ax.legend(loc="lower right")
-        if paper_figure:
-            options = {"dpi": PAPER_DPI, "bbox_inches": "tight", "pad_inches": 0.02}
-        else:
-            ax.set_title(text(title))
-            fig.tight_layout()
-            options = {"dpi": NORMAL_DPI}
-        with atomic_path(path) as tmp:  # keeps the suffix, which names the file type
-            fig.savefig(tmp, **options)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -320,10 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_ids", help="comma separated job ids (MMDD_HHMM); one operating "
                                    "point each")
     p.add_argument("dataset", help="dataset name as val.py wrote it, e.g. kodak")
-    p.add_argument("--x_range", metavar="A,B", default="0,1.2",
-                   help="bpp axis range (default 0,1.2)")
+    p.add_argument("--x_range", metavar="A,B",
+                   help="bpp axis range (default 0,1.2, widened to show all our points)")
     p.add_argument("--y_range", metavar="A,B",
-                   help="metric axis range (default 0.85,1.0 for MS-SSIM; auto for PSNR)")
+                   help="metric axis range (default 0.85,1.0 for MS-SSIM, widened to show all "
+                        "our points; auto for PSNR)")
     p.add_argument("--latex", action="store_true",
                    help="render text with LaTeX if a latex binary is found")
     p.add_argument("--output_path", "-o", "--output", dest="output", metavar="PATH",
@@ -349,7 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="distortion metric (default: ms-ssim; the paper's curve only there)")
     port.add_argument("--other_codecs_root", metavar="DIR",
                       help="holds <DATASET>/<codec>/<quality>/measures.csv (default: "
-                           f"$OTHER_CODECS_ROOT, else {DEFAULT_RESULTS_ROOT}/)")
+                           f"${RESULTS_ROOT_ENV}, else ./{DEFAULT_RESULTS_ROOT}/ if it holds "
+                           f"DATASET, else the committed "
+                           f"{COMMITTED_RESULTS_ROOT.parent.name}/{COMMITTED_RESULTS_ROOT.name}/)")
+    port.add_argument("--real_bpp", action="store_true",
+                      help="our bpp from each job's real_bpp.csv (the real file sizes, val.py "
+                           "--real_bpp) instead of measures.csv's estimate, in the plot and the "
+                           "BD-rates; the codecs' are real file sizes already")
     port.add_argument("--codecs", metavar="A,B", help="comma separated codecs to draw "
                                                       "(default: every codec folder found)")
     return p
@@ -373,7 +318,7 @@ def _run(args: argparse.Namespace) -> int:
     if len(ids) > len(job_ids):
         raise PlotError(f"--ids gives {len(ids)} label(s) for {len(job_ids)} job(s)")
     labels = [*ids, *job_ids[len(ids):]]
-    x_range = parse_range(args.x_range, "--x_range")
+    x_range = parse_range(args.x_range, "--x_range") if args.x_range else None
     y_range = parse_range(args.y_range, "--y_range") if args.y_range else None
     usetex = False
     if args.latex:
@@ -381,7 +326,8 @@ def _run(args: argparse.Namespace) -> int:
         if not usetex:
             warn("--latex: no latex binary found; using matplotlib's own text rendering")
 
-    jobs = [load_job_measures(log_dir_root, j, args.dataset) for j in job_ids]
+    jobs = [load_job_measures(log_dir_root, j, args.dataset, args.real_bpp) for j in job_ids]
+    bpp_name = "real bpp" if args.real_bpp else "bpp"
     points = job_points(jobs, labels, args.metric)
     styles = set(args.style)
     line, style = our_line(jobs, points, args.metric, "interp" if "interp" in styles else "mean")
@@ -390,17 +336,21 @@ def _run(args: argparse.Namespace) -> int:
         style = "interp+mean"
     for label, job_id, job in zip(labels, job_ids, jobs, strict=True):
         means = mean_measures(job)
-        print(f"{label} ({job_id}): {len(job)} images, bpp {means.bpp:.4f}, {args.metric} "
-              f"{getattr(means, METRIC_ATTRS[args.metric]):.4f}")
+        print(f"{label} ({job_id}): {len(job)} images, {bpp_name} {means.bpp:.4f}, "
+              f"{args.metric} {getattr(means, METRIC_ATTRS[args.metric]):.4f}")
     dominated = non_monotone_points(points)
     if dominated:
         warn(f"our points are not monotone: at {', '.join(dominated)} the {args.metric} is no "
              f"higher than at a lower bpp; BD-rates against them are unreliable")
 
-    codecs_root = results_root(args.other_codecs_root)
-    our_images = {m.img_name for job in jobs for m in job}
-    codecs = load_codec_curves(codecs_root, args.dataset, args.metric,
-                               _split_list(args.codecs) if args.codecs else None, our_images)
+    codecs_root = find_codec_results(args.other_codecs_root, args.dataset)
+    codecs = []
+    if codecs_root is not None:
+        print(f"classical codecs: {codecs_root / args.dataset}")
+        our_images = {m.img_name for job in jobs for m in job}
+        codecs = load_codec_curves(codecs_root, args.dataset, args.metric,
+                                   _split_list(args.codecs) if args.codecs else None,
+                                   our_images)
     paper = None
     if args.paper_plot:
         if args.metric == "ms-ssim":
@@ -409,17 +359,27 @@ def _run(args: argparse.Namespace) -> int:
             warn("--paper_plot: the paper's Fig. 1 curve is MS-SSIM only; not drawn")
 
     all_curves = [points, line, *codecs, *([paper] if paper else [])]
-    y_range = y_range or default_y_range(args.metric, all_curves, x_range)
+    if x_range is None:
+        x_range = default_x_range(points)
+        if x_range != DEFAULT_X_RANGE:
+            print(f"note: bpp axis widened to {x_range[0]:g}..{x_range[1]:g} to show all our "
+                  f"points (--x_range sets it)")
+    if y_range is None:
+        y_range = default_y_range(args.metric, all_curves, x_range, points)
+        if args.metric == "ms-ssim" and y_range != MS_SSIM_DEFAULT_Y:
+            print(f"note: MS-SSIM axis widened to {y_range[0]:g}..{y_range[1]:g} to show all "
+                  f"our points (--y_range sets it)")
     outside = points_outside(points, x_range, y_range)
     if outside:
         warn(f"our point(s) {', '.join(outside)} lie outside the plot (x {x_range[0]:g}.."
              f"{x_range[1]:g}, y {y_range[0]:g}..{y_range[1]:g}); see --x_range, --y_range")
     out = Path(args.output or default_output(args.dataset))
     out.parent.mkdir(parents=True, exist_ok=True)
-    title = (f"{args.dataset}: {METRIC_LABELS[args.metric]} vs bpp "
+    title = (f"{args.dataset}: {METRIC_LABELS[args.metric]} vs {bpp_name} "
              f"({len(jobs)} job(s), style {style})")
     plot_kwargs = dict(metric=args.metric, title=title, x_range=x_range, y_range=y_range,
-                       paper_figure=args.paper_figure, show_points=show_points)
+                       paper_figure=args.paper_figure, show_points=show_points,
+                       x_label=REAL_BPP_LABEL if args.real_bpp else BPP_LABEL)
     try:
         plot_rd(out, line, points, codecs, paper, usetex=usetex, **plot_kwargs)
     except Exception as e:  # any failure of the LaTeX toolchain: retry without it
@@ -434,8 +394,8 @@ def _run(args: argparse.Namespace) -> int:
     bd_path = out.with_name(out.stem + "_bdrate.csv")
     write_bd_csv(bd_path, rows)
     if rows:
-        print(f"BD-rate of ours vs each anchor ({args.metric}; negative = ours needs fewer "
-              f"bits; points = anchor/ours):")
+        print(f"BD-rate of ours ({bpp_name}) vs each anchor ({args.metric}; negative = ours "
+              f"needs fewer bits; points = anchor/ours):")
         print(format_bd_table(rows))
     print(f"wrote {bd_path}")
     return 0

@@ -53,62 +53,28 @@ from imgcomp.checkpoints import log_dirs as ckpt
 from imgcomp.codec.image_codec import ImageCodec
 from imgcomp.entropy_coding.bitstream import BitstreamError
 from imgcomp.evaluation.results import (
+    BITSTREAMS_DIR,
+    MEASURES_CSV,
+    REAL_BPP_CSV,
+    RECONSTRUCTIONS_DIR,
     Measure,
     mean_measures,
     measure,
     read_measures_csv,
+    results_dir,
+    step_csv,
     write_measures_csv,
 )
+from imgcomp.evaluation.validation_flags import EXIT_UNREADABLE, build_arg_parser
 
 VALIDATED_JSON = "validated.json"
 REAL_BPP_HEADER = ("img_name", "bpp_real", "bpp_theory", "bpp_loss", "encode_s", "decode_s")
-# Exit status when some images could not be read and the others were measured (1: an error
-# stopped the run; 2: bad flags).
-EXIT_UNREADABLE = 3
-
 # One image's results: its measures.csv row and, with --real_bpp, its real_bpp.csv row.
 ImageResult = tuple[Measure, dict | None]
 
 
 class OutputError(Exception):
     """An output file or folder cannot be written (read-only or full disk, ...)."""
-
-
-def build_arg_parser() -> argparse.ArgumentParser:
-    """The original val.py's flags (names, short forms, defaults) and the port's --device.
-    Unknown flags are an error (the original printed "Unknown flags: ..." and went on)."""
-    p = argparse.ArgumentParser(
-        prog="val.py", description="Evaluate trained jobs: bpp, MS-SSIM and PSNR per image, "
-        "written to measures.csv.", epilog=f"Exit status: 0 done; 1 error; "
-        f"{EXIT_UNREADABLE} some images could not be read (named; the others are measured, "
-        "and a re-run measures only the missing ones).")
-    p.add_argument("log_dir_root", help="folder holding the jobs' log dirs")
-    p.add_argument("job_ids", help="comma-separated job ids (MMDD_HHMM prefixes; ';' "
-                   "separates them too)")
-    p.add_argument("images", help="a folder of images, a quoted glob, 'kodak' "
-                   "($VAL_ROOT/kodak/*.png) or 'samples' (photos bundled with scikit-image)")
-    p.add_argument("--save_ours", "-o", action="store_true",
-                   help="save the last validated checkpoint's reconstructions as PNG in "
-                   "<out>/imgs/")
-    p.add_argument("--how_many", type=int, metavar="N", help="only the first N images")
-    p.add_argument("--image_cache_max", "-cache", type=int, metavar="MB",
-                   help="accepted and ignored: the original cached decoded images up to MB "
-                   "(default 500); this port reads each image when it measures it and "
-                   "keeps none")
-    p.add_argument("--restore_itr", "-i", type=int, metavar="STEP",
-                   help="validate only the latest checkpoint with step <= STEP (-1: the "
-                   "latest); overrides --ckpt_step")
-    p.add_argument("--ckpt_step", "-s", type=int, default=2, metavar="S",
-                   help="validate every S-th checkpoint plus the last (default 2; 1: all; "
-                   "-1: only the last)")
-    p.add_argument("--reset", action="store_true",
-                   help="forget which checkpoints were validated and start over")
-    p.add_argument("--real_bpp", action="store_true",
-                   help="write real compressed files (bitstreams/), decode and check them, "
-                   "and report real vs estimated bpp in real_bpp.csv")
-    port = p.add_argument_group("flags of the port only")
-    port.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    return p
 
 
 def select_steps(available: list[int], ckpt_step: int, restore_itr: int | None) -> list[int]:
@@ -192,7 +158,7 @@ def validate_job(log_dir_root: Path, job_id: str, dataset: str, reader: ImageRea
     available = [s for s, _ in ckpt.list_checkpoints(ckpt_dir)]
     if not available:
         raise ckpt.CheckpointError(f"job {job_id}: no checkpoints in {ckpt_dir}")
-    out_dir = log_dir_root / f"{job_id} {dataset}"
+    out_dir = results_dir(log_dir_root, job_id, dataset)
     if world.is_main and args.reset and out_dir.exists():
         with _writing(out_dir):
             shutil.rmtree(out_dir)
@@ -263,7 +229,7 @@ def measure_image(model: ImageCodec, path: Path, image: np.ndarray, out_dir: Pat
     x_hat, bits = model.reconstruct(symbols, *image.shape[:2]), model.bits(symbols)
     measured = Measure(path.name, *measure(image, x_hat, bits))
     if save_png:
-        png = out_dir / "imgs" / f"{path.stem}.png"
+        png = out_dir / RECONSTRUCTIONS_DIR / f"{path.stem}.png"
         with _writing(png):
             png.parent.mkdir(exist_ok=True)
             write_image(png, x_hat)
@@ -282,7 +248,7 @@ def code_image(model: ImageCodec, path: Path, symbols: torch.Tensor, size: tuple
     start = time.perf_counter()
     data, theory_bits = model.encode_symbols(symbols, h, w)
     encode_s = symbols_s + time.perf_counter() - start
-    stream = out_dir / "bitstreams" / f"{path.stem}.imgc"
+    stream = out_dir / BITSTREAMS_DIR / f"{path.stem}.imgc"
     with _writing(stream):
         stream.parent.mkdir(exist_ok=True)
         atomic_write_bytes(stream, data)
@@ -302,7 +268,8 @@ def code_image(model: ImageCodec, path: Path, symbols: torch.Tensor, size: tuple
 def _measured_before(out_dir: Path, step: int, real_bpp: bool) -> dict[str, ImageResult]:
     """The images of `step` measured by earlier runs: the rows of measures_<STEP>.csv (with
     `real_bpp`, only those that have a real_bpp_<STEP>.csv row too)."""
-    measures_path, real_path = out_dir / f"measures_{step}.csv", out_dir / f"real_bpp_{step}.csv"
+    measures_path = out_dir / step_csv(MEASURES_CSV, step)
+    real_path = out_dir / step_csv(REAL_BPP_CSV, step)
     if not measures_path.is_file():
         return {}
     measures = {m.img_name: m for m in read_measures_csv(measures_path)}
@@ -317,13 +284,13 @@ def _write_results(out_dir: Path, step: int, is_last: bool, results: list[ImageR
     that validated.json records."""
     measures = [m for m, _ in results]
     real_rows = [r for _, r in results if r is not None]
-    names = [f"measures_{step}.csv"] + (["measures.csv"] if is_last else [])
+    names = [step_csv(MEASURES_CSV, step)] + ([MEASURES_CSV] if is_last else [])
     for name in names:
         with _writing(out_dir / name):
             write_measures_csv(out_dir / name, measures)
     means = dataclasses.asdict(mean_measures(measures))  # num_images, bpp, ms_ssim, psnr
     if real_rows:
-        for name in [f"real_bpp_{step}.csv"] + (["real_bpp.csv"] if is_last else []):
+        for name in [step_csv(REAL_BPP_CSV, step)] + ([REAL_BPP_CSV] if is_last else []):
             with _writing(out_dir / name):
                 _write_real_bpp_csv(out_dir / name, real_rows)
         for key in REAL_BPP_HEADER[1:]:

@@ -10,13 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from imgcomp.nets.shapes import SUBSAMPLING
 from imgcomp.nets.weight_init import init_weights
 
 # Per-channel statistics of ImageNet used by the original's FIXED normalization.
 _FIXED_MEAN = (121.85369873, 113.58860779, 100.63715363)
 _FIXED_VAR = (4746.37695312, 4454.13964844, 4812.234375)
-
-SUBSAMPLING = 8
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int = SUBSAMPLING) -> torch.Tensor:

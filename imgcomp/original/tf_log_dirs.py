@@ -17,16 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from imgcomp.codec.image_codec import ImageCodec
+from imgcomp.base.installed_files import installed_files_root
 from imgcomp.config.parsing import RESTORE_PREFIX, Config, ConfigError, load_config
 from imgcomp.config.schema import AE_SCHEMA, PC_SCHEMA
 from imgcomp.original.tf_bundle import read_tf_checkpoint
-
-# Where `cvpr@med` is looked up: $CONFIG_BASE_AE / $CONFIG_BASE_PC (as the original), the
-# working directory's ae_configs / pc_configs (the original's default), then this checkout's.
-_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class TFLogDirError(ValueError):
@@ -40,9 +35,12 @@ def is_tf_ckpt_dir(ckpt_dir: str | os.PathLike) -> bool:
 
 
 def _config_bases(kind: str) -> list[Path]:
+    """Where `cvpr@med` is looked up: $CONFIG_BASE_AE / $CONFIG_BASE_PC (as the original), the
+    working directory's ae_configs / pc_configs (the original's default), then the ones that
+    ship with imgcomp (the checkout's, or a wheel's installed copy)."""
     env = os.environ.get(f"CONFIG_BASE_{kind.upper()}")
     bases = [Path(env)] if env else []
-    return bases + [Path.cwd() / f"{kind}_configs", _REPO_ROOT / f"{kind}_configs"]
+    return bases + [Path.cwd() / f"{kind}_configs", installed_files_root() / f"{kind}_configs"]
 
 
 def _resolve_config(component: str, kind: str, log_dir: Path) -> Path:
@@ -130,6 +128,11 @@ def read_tf_state(prefix: str | os.PathLike, ae_cfg: Config, pc_cfg: Config
     state dict of the configs' model, which must be the original's graph: TF 'SAME' padding,
     BatchNorm at to_bn / h13), "tf_names" (our name -> the original's)}. The Adam slots and
     beta powers are not read."""
+    # Imported here: listing and naming original log dirs (`imgcomp models`) needs no torch.
+    import torch
+
+    from imgcomp.codec.image_codec import ImageCodec
+
     mapping = tf_variable_map(ae_cfg.arch_param_B)
     state = ImageCodec.from_configs(ae_cfg, pc_cfg).state_dict()  # names and shapes
     unmapped = sorted(k for k in state if not k.endswith("num_batches_tracked")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from imgcomp.checkpoints.log_dirs import DEFAULT_LOG_DIR_ROOT
+
 
 def _positive_int(text: str) -> int:
     value = int(text)
@@ -49,8 +51,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
         help="accepted and ignored (the original logged the test set's distance to BPG, from "
         "BPG measures this port does not have; its default was testset)",
     )
-    p.add_argument("--log_dir_root", "-o", default="logs", metavar="LOG_DIR_ROOT",
-                   help="where the job's log dir is made (default logs)")
+    p.add_argument("--log_dir_root", "-o", default=DEFAULT_LOG_DIR_ROOT, metavar="LOG_DIR_ROOT",
+                   help=f"where the job's log dir is made (default {DEFAULT_LOG_DIR_ROOT}; "
+                   "`imgcomp encode -m JOB_ID` finds the models there)")
     p.add_argument(
         "--log_interval_train", "-ltrain", type=_positive_int, default=100, metavar="STEPS",
         help="console + TensorBoard train summaries every STEPS (default 100)",

@@ -20,7 +20,7 @@ from imgcomp.base.image_files import DatasetError
 from imgcomp.checkpoints import log_dirs as ckpt
 from imgcomp.codec.image_codec import CodecOutput, ImageCodec
 from imgcomp.data.loaders import EpochDataLoader
-from imgcomp.train.console import log
+from imgcomp.train.console import Progress, log
 from imgcomp.train.losses import LossTerms
 from imgcomp.train.trainer import Trainer
 
@@ -117,7 +117,8 @@ def train_loop(args: argparse.Namespace, trainer: Trainer, train_loader: EpochDa
 
 class MainOutputs:
     """What the main rank writes during the loop, each at its interval: train summaries
-    (console and TensorBoard), test results and checkpoints."""
+    (console and TensorBoard; also at the run's first step and at --max_steps, so a short run
+    has its numbers too), test results and checkpoints; and the steps' progress."""
 
     def __init__(self, args: argparse.Namespace, trainer: Trainer,
                  test_loader: EpochDataLoader | None, log_dir: Path, continued: bool) -> None:
@@ -135,11 +136,13 @@ class MainOutputs:
         self.interval_start, self.interval_images = time.time(), 0
         # The ETA, from the steps per second of that interval, tests and saves included.
         self.eta_since = (time.time(), trainer.step)
+        self.first_step = trainer.step + 1
+        self.progress = Progress(trainer.step, args.max_steps)
 
     def after_step(self, terms: LossTerms, x: torch.Tensor) -> None:
         args, trainer, step = self.args, self.trainer, self.trainer.step
         self.interval_images += len(x) * trainer.world.world_size
-        if step % args.log_interval_train == 0:
+        if step % args.log_interval_train == 0 or step in (self.first_step, args.max_steps):
             img_per_s = self.interval_images / max(time.time() - self.interval_start, 1e-9)
             lr = trainer.learning_rates(step)[0][0]  # the autoencoder's, of the next update
             _log_train(self.writer, step, terms, lr, img_per_s, trainer.model, self._eta(step))
@@ -147,6 +150,8 @@ class MainOutputs:
             _log_images(self.writer, step, sample, _sample_reconstruction(trainer.model, sample))
             self.interval_start, self.interval_images = time.time(), 0
             self.eta_since = (time.time(), step)
+            if step == self.first_step:
+                self.writer.flush()  # TensorBoard shows the run from its first step on
         if args.log_interval_test >= 1 and step % args.log_interval_test == 0:
             eval_start = time.time()
             metrics = trainer.evaluate(itertools.islice(self.test_loader, args.num_test_batches))
@@ -154,6 +159,7 @@ class MainOutputs:
             self.interval_start += time.time() - eval_start  # img/s counts training only
         if step % args.log_interval_save == 0:
             self.save("interval")
+        self.progress.update(step)
 
     def _eta(self, step: int) -> datetime.timedelta | None:
         """Time left until --max_steps at the step rate since the last train summary; None
@@ -185,6 +191,7 @@ class MainOutputs:
                    f"saving. Last good checkpoint: {last_good}")
 
     def close(self) -> None:
+        self.progress.close()
         self.writer.close()
 
 
