@@ -25,9 +25,10 @@ from imgcomp.base.image_files import (
     resolve_image_paths,
     write_image,
 )
-from imgcomp.data.loaders import FEATURE_KEY, DataWarning, count_tfrecords, make_loader
+from imgcomp.data.loaders import make_loader
 from imgcomp.data.records import main as records_main
 from imgcomp.data.records import write_image_records
+from imgcomp.data.tfrecord_files import FEATURE_KEY, DataWarning, count_tfrecords
 
 TF_WRITTEN = Path(__file__).parent / "data" / "tf_written"
 REPO = Path(__file__).resolve().parents[1]

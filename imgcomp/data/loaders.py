@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import signal
-import struct
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -29,39 +28,13 @@ from tfrecord.reader import tfrecord_iterator
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
 from imgcomp.base.image_files import DatasetError, ImageReadError, read_image, resolve_image_paths
+from imgcomp.data.tfrecord_files import FEATURE_KEY, DataWarning, count_tfrecords
 
 # Spec name -> subdirectory of $RECORDS_ROOT.
 RECORDS_SPECS = {"imgnet_train": "train", "imgnet_test": "val"}
-FEATURE_KEY = "image/encoded"
 # Records are read sequentially, so train-time shuffling needs a buffer; a few hundred encoded
 # images (~30 MB for ImageNet) per worker mixes well enough.
 SHUFFLE_BUFFER_SIZE = 256
-
-
-class DataWarning(UserWarning):
-    """One image is unreadable or smaller than the crop; loading goes on without it."""
-
-
-def count_tfrecords(path: str | os.PathLike) -> int:
-    """Number of records in a TFRecord file, from the length headers alone (no decoding).
-
-    Raises DatasetError if the file is truncated or not a TFRecord file.
-    """
-    size = os.path.getsize(path)
-    count = pos = 0
-    with open(path, "rb") as f:
-        while pos < size:
-            f.seek(pos)
-            header = f.read(8)
-            if len(header) < 8:
-                break
-            (length,) = struct.unpack("<Q", header)
-            # Record framing: length (8), length CRC (4), data, data CRC (4).
-            pos += 16 + length
-            count += 1
-    if pos != size:
-        raise DatasetError(f"{os.fspath(path)} is truncated or not a TFRecord file")
-    return count
 
 
 def _crop(

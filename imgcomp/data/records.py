@@ -54,12 +54,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from PIL import Image, JpegImagePlugin
-from tfrecord.writer import TFRecordWriter
 from tqdm import tqdm
 
 from imgcomp.base.atomic import atomic_path
 from imgcomp.base.image_files import DatasetError, resolve_image_paths
-from imgcomp.data.loaders import FEATURE_KEY, DataWarning, count_tfrecords
+from imgcomp.data.tfrecord_files import FEATURE_KEY, DataWarning, count_tfrecords
 
 # Shard file names, formatted with the prefix, the shard's index from 0 and number from 1.
 SHARD_NAME = "{prefix}_{index:05d}.tfrecord"  # --num_per_shard
@@ -154,6 +153,8 @@ def _write_record_file(out: Path, images: Iterable[bytes], feature_key: str) -> 
     none, never a truncated one that readers would take in); returns how many."""
     count = 0
     with atomic_path(out) as tmp:
+        from tfrecord.writer import TFRecordWriter  # imports torch: not for --help
+
         writer = TFRecordWriter(str(tmp))
         try:
             for data in images:

@@ -8,14 +8,15 @@ import contextlib
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from imgcomp.base.atomic import atomic_path
 from imgcomp.evaluation.results import Curve, make_curve
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 METRIC_LABELS = {"ms-ssim": "MS-SSIM", "psnr": "PSNR [dB]"}
 PAPER_LABEL = "Mentzer et al. 2018 (paper, Fig. 1)"
@@ -121,6 +122,11 @@ def rd_figure(line: Curve, points: Curve, codecs: Sequence[Curve], paper: Curve 
     rc = {**(PAPER_RC if paper_figure else NORMAL_RC), "text.usetex": usetex}
     # Text objects read usetex when created and when drawn, so build and save inside the
     # context. Figure + Agg canvas: no pyplot state, no display needed.
+    # matplotlib imported here: plotter.py --help and the report's page need none of it.
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     with matplotlib.rc_context(rc):
         fig = Figure(figsize=PAPER_FIGSIZE if paper_figure else NORMAL_FIGSIZE)
         FigureCanvasAgg(fig)

@@ -30,15 +30,14 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
 
 from imgcomp.base.atomic import atomic_path, atomic_write_text
-from imgcomp.base.device import select_device
 from imgcomp.base.image_files import DatasetError, ImageReadError, read_image, resolve_images
 from imgcomp.checkpoints import log_dirs
-from imgcomp.codec.image_codec import ImageCodec
 from imgcomp.config.parsing import ConfigError
 from imgcomp.evaluation.baselines import CODECS
 from imgcomp.evaluation.crop_figure import Panel, codec_panels
@@ -57,6 +56,9 @@ from imgcomp.evaluation.report_page import (
     page_html,
     rd_plot_uri,
 )
+
+if TYPE_CHECKING:
+    from imgcomp.codec.image_codec import ImageCodec
 from imgcomp.evaluation.results import (
     MEASURES_CSV,
     METRIC_ATTRS,
@@ -131,6 +133,8 @@ class Reconstructions:
         return self._model.reconstruct(symbols, *original.shape[:2])
 
     def _load_model(self) -> ImageCodec:
+        from imgcomp.base.device import select_device  # imports torch: not for --help
+
         step = validated_step(self.job.result_dir)
         if step is None:
             warn(f"job {self.job.job_id}: no measures_<STEP>.csv in {self.job.result_dir} equals "
