@@ -1,5 +1,5 @@
-"""Peak memory and wall time of a 3072 x 2048 photo through `imgcomp encode`, `imgcomp decode`
-and `val.py --real_bpp`, with the default shipped model, on the CPU.
+"""Peak memory and wall time of a large photo (default 3072 x 2048) through `imgcomp encode`,
+`imgcomp decode` and `val.py --real_bpp`, with the default shipped model, on the CPU.
 
     python bench/big_image.py [--image kodim01.png] [--size 3072x2048] [--work /tmp/imgcomp_big]
 
@@ -12,6 +12,7 @@ nothing else heavy on the machine. Last line: one `name: wall_s=X peak_rss_gb=Y`
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -50,8 +51,9 @@ def main() -> None:
     width, height = map(int, args.size.split("x"))
     kodak = Path(os.environ.get("KODAK_DIR", ROOT.parent / "shared/data/kodak"))
     work = Path(args.work)
-    images = work / "big"  # val.py's dataset name
-    images.mkdir(parents=True, exist_ok=True)
+    images = work / "big"  # val.py's dataset name: this photo alone (val.py measures them all)
+    shutil.rmtree(images, ignore_errors=True)
+    images.mkdir(parents=True)
     photo = images / f"{Path(args.image).stem}_{width}x{height}.png"
     with Image.open(kodak / args.image) as img:
         img.convert("RGB").resize((width, height), Image.Resampling.LANCZOS).save(photo)

@@ -120,10 +120,12 @@ def test_integer_model_refuses_what_it_cannot_code_exactly():
 @pytest.mark.parametrize("shape", [(1, 1, 1), (2, 3, 2), (3, 5, 4), (4, 9, 13), (2, 1, 17),
                                    (6, 12, 1), (5, 420, 3)])
 def test_symbol_round_trip(shape):
-    """(5, 420, 3): more rows than the decoder fills its tap tables for at once."""
+    """Encoded in one pass and along the wavefront (as large volumes are): the same file."""
     _, _, model = _context_model()
     symbols = torch.randint(0, 6, shape, generator=torch.Generator().manual_seed(sum(shape)))
     words, bits = encode_symbols(model, symbols)
+    walked, walked_bits = encode_symbols(model, symbols.to(torch.uint8), one_pass_bytes=0)
+    assert np.array_equal(walked, words) and walked_bits == pytest.approx(bits, rel=1e-12)
     assert torch.equal(decode_symbols(model, words, shape), symbols)
     # The range coder's output is within a word or two of the cross-entropy.
     assert 32 * words.size <= bits + 64 + 0.01 * bits
@@ -195,15 +197,16 @@ def test_exact_across_chunk_sizes_and_thread_counts():
 @pytest.mark.parametrize("size", [(40, 48), (37, 53), (8, 8), (61, 17)])
 def test_image_round_trip_equals_val_reconstruction(codec, size):
     """Decoding a file gives what val.py measures, and that is the eval-mode forward pass:
-    the decoded dequantized symbols, costed by the same probability classifier."""
+    the decoded dequantized symbols (within a level: decoding sums its convolutions in an
+    order of its own, row_bands), costed by the same probability classifier."""
     image = _photo(*size, seed=size[0])
     data = codec.compress(image)
     decoded = codec.decompress(data)
     assert decoded.shape == image.shape and decoded.dtype == np.uint8
     symbols = codec.symbols(image)
     expected, bits = _forward(codec, image)
-    assert np.array_equal(decoded, expected)
-    assert np.array_equal(codec.reconstruct(symbols, *size), expected)
+    assert np.array_equal(codec.reconstruct(symbols, *size), decoded)
+    assert np.abs(decoded.astype(int) - expected).max() <= 1
     assert codec.bits(symbols) == bits
 
 
@@ -218,7 +221,7 @@ def test_kodak_crops_round_trip(codec):
     for h, w in ((96, 128), (75, 101)):
         crop = full[200:200 + h, 300:300 + w]
         decoded = codec.decompress(codec.compress(crop))
-        assert np.array_equal(decoded, _forward(codec, crop)[0])
+        assert np.abs(decoded.astype(int) - _forward(codec, crop)[0]).max() <= 1
 
 
 def test_grayscale_input(codec, tmp_path):

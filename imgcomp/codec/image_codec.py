@@ -14,9 +14,14 @@ from imgcomp.base.image_files import ImageLike, read_image
 from imgcomp.entropy_coding.bitstream import BitstreamError, Header, model_fingerprint, pack, unpack
 from imgcomp.entropy_coding.integer_model import IntegerContextModel
 from imgcomp.entropy_coding.range_coding import decode_symbols, encode_symbols
+from imgcomp.nets import row_bands, tiling
 from imgcomp.nets.autoencoder import Autoencoder, pad_to_multiple
 from imgcomp.nets.probclass import ProbClassifier
 from imgcomp.nets.quantizer import Quantizer
+from imgcomp.nets.shapes import SUBSAMPLING
+
+# Latent positions per side of the tiles that coding runs the autoencoder on (see `tiles`).
+TILE_SIZE = 128
 
 
 class CodecOutput(NamedTuple):
@@ -53,6 +58,7 @@ class ImageCodec(nn.Module):
         self.use_centers_for_padding = use_centers_for_padding
         self.output_uint8 = output_uint8
         self._coder: tuple[list, list, bytes, IntegerContextModel] | None = None  # coder()
+        self.tile_size = TILE_SIZE
 
     @classmethod
     def from_configs(cls, ae_cfg, pc_cfg) -> ImageCodec:
@@ -95,30 +101,64 @@ class ImageCodec(nn.Module):
     def device(self) -> torch.device:
         return self.quantizer.centers.device
 
+    def tiles(self, height: int, width: int, network: str) -> list[tiling.Tile]:
+        """The tiles that `symbols` (network "encoder") or `reconstruct` ("decoder") runs its
+        network on, for a height x width latent grid: at most `tile_size` positions a side,
+        with the network's halo."""
+        halo = tiling.encoder_halo if network == "encoder" else tiling.decoder_halo
+        module = getattr(self.autoencoder, network)
+        return tiling.tiles(height, width, self.tile_size, halo(module, 0), halo(module, 1))
+
     @torch.no_grad()
     def symbols(self, image: np.ndarray) -> Tensor:
-        """(C, h, w) symbols, on the CPU, of an H x W x 3 uint8 image (edge-padded to a
-        multiple of 8)."""
+        """(C, h, w) uint8 symbols, on the CPU, of an H x W x 3 uint8 image (edge-padded to a
+        multiple of 8), computed tile by tile (`tiles`)."""
         self._require_eval()
-        x = torch.from_numpy(np.array(image)).to(self.device).permute(2, 0, 1).unsqueeze(0)
-        x = pad_to_multiple(x.float()).contiguous(memory_format=torch.channels_last)
-        z, _ = self.autoencoder.encode(x)
-        return self.quantizer.symbols(z)[0].cpu()
+        image = np.asarray(image)
+        h, w = -(-image.shape[0] // SUBSAMPLING), -(-image.shape[1] // SUBSAMPLING)
+        symbols = torch.empty(self.autoencoder.num_channels, h, w, dtype=torch.uint8)
+        for tile in self.tiles(h, w, "encoder"):
+            crop = image[SUBSAMPLING * tile.crop_top:SUBSAMPLING * tile.crop_bottom,
+                         SUBSAMPLING * tile.crop_left:SUBSAMPLING * tile.crop_right]
+            x = torch.from_numpy(np.ascontiguousarray(crop)).to(self.device)
+            x = pad_to_multiple(x.permute(2, 0, 1).unsqueeze(0).float())
+            z, _ = self.autoencoder.encode(x.contiguous(memory_format=torch.channels_last))
+            symbols[:, tile.top:tile.bottom, tile.left:tile.right] = (
+                self.quantizer.symbols(z)[0][:, tile.inner()[0], tile.inner()[1]])
+        return symbols
 
     @torch.no_grad()
     def reconstruct(self, symbols: Tensor, height: int, width: int) -> np.ndarray:
-        """The height x width x 3 uint8 image decoded from (C, h, w) symbols."""
+        """The height x width x 3 uint8 image decoded from (C, h, w) symbols, tile by tile
+        (`tiles`), with the same pixels for any thread count (row_bands)."""
         self._require_eval()
-        q = self.quantizer.dequantize(symbols.to(self.device)).unsqueeze(0)
-        x_hat = self.autoencoder.decode(q.contiguous(memory_format=torch.channels_last))
-        return self.to_uint8(x_hat[0, :, :height, :width]).permute(1, 2, 0).cpu().numpy()
+        image = np.empty((height, width, 3), dtype=np.uint8)
+        with row_bands.thread_count_independent():
+            for tile in self.tiles(*symbols.shape[1:], "decoder"):
+                crop = symbols[:, tile.crop_top:tile.crop_bottom, tile.crop_left:tile.crop_right]
+                q = self.quantizer.dequantize(crop.to(self.device, torch.int64)).unsqueeze(0)
+                x_hat = self.autoencoder.decode(q.contiguous(memory_format=torch.channels_last))
+                rows, cols = tile.inner(SUBSAMPLING)
+                top, left = SUBSAMPLING * tile.top, SUBSAMPLING * tile.left
+                rows = slice(rows.start, rows.start + min(rows.stop - rows.start, height - top))
+                cols = slice(cols.start, cols.start + min(cols.stop - cols.start, width - left))
+                part = self.to_uint8(x_hat[0, :, rows, cols]).permute(1, 2, 0)
+                image[top:top + part.shape[0], left:left + part.shape[1]] = part.cpu().numpy()
+        return image
 
     @torch.no_grad()
     def bits(self, symbols: Tensor) -> float:
         """Cross-entropy in bits of (C, h, w) symbols under the float probability classifier
-        (the rate of the loss and of val.py's bpp)."""
-        symbols = symbols.to(self.device).unsqueeze(0)
-        return float(self.bitcost(self.quantizer.dequantize(symbols), symbols).double().sum())
+        (the rate of the loss and of val.py's bpp), summed over tiles of `tile_size`
+        positions a side, each with the classifier's context around it."""
+        pad = self.probclass.context_pad
+        total = 0.0
+        for tile in tiling.tiles(*symbols.shape[1:], self.tile_size, (pad, pad), (pad, pad)):
+            crop = symbols[:, tile.crop_top:tile.crop_bottom, tile.crop_left:tile.crop_right]
+            crop = crop.to(self.device, torch.int64).unsqueeze(0)
+            cost = self.bitcost(self.quantizer.dequantize(crop), crop)[0]
+            total += float(cost[:, tile.inner()[0], tile.inner()[1]].double().sum())
+        return total
 
     def coder(self) -> tuple[bytes, IntegerContextModel]:
         """The fingerprint of the current weights and the integer context model made from

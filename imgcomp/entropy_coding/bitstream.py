@@ -28,12 +28,13 @@ _CRC = struct.Struct("<I")
 HEADER_BYTES = _HEADER.size + _CRC.size
 MAX_SIDE = 1 << 16  # refuse absurd sizes before allocating anything
 # The decompression-bomb guard, in the spirit of Pillow's MAX_IMAGE_PIXELS: a limit that
-# ordinary photos never reach and a few bytes claiming a huge image always do. Decoding peaks
-# at ~330 bytes of memory per pixel (a 3072 x 2048 photo: 2.3 GB, ~20 s on one core), so
-# 2^25 pixels (8K UHD, 7680 x 4320; 32-megapixel photos) can take ~11 GB and ~2 minutes, the
-# most a workstation should give a file from anyone; larger images need the limit raised
-# explicitly (pixel_limit).
-MAX_PIXELS = 1 << 25
+# ordinary photos never reach and a few bytes claiming a huge image always do. Decoding runs
+# the context model along its wavefront and the autoencoder tile by tile, so its memory is the
+# image itself (3 bytes a pixel, and C/64 for its symbols) plus a working set bounded by the
+# tile: a 48 MP photo (8000 x 6000) decodes in under 1 GB. 2^28 pixels (256 MP, 16384 x 16384)
+# take ~1.5 GB (the image 0.8 GB) and ~10 minutes on two cores, the most a workstation should
+# give a file from anyone; larger images need the limit raised explicitly (pixel_limit).
+MAX_PIXELS = 1 << 28
 MAX_PIXELS_ENV = "IMGCOMP_MAX_PIXELS"
 
 

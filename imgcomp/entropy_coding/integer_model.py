@@ -1,5 +1,6 @@
 """The context model as an exact integer network (IntegerContextModel): integer logits of a
-whole symbol volume in one pass (encoding) or step by step along the wavefront (decoding), and
+whole symbol volume in one pass (encoding small volumes) or step by step along the wavefront
+(decoding, and encoding large volumes in bounded memory), and
 probabilities from them through an integer exp table, so that constriction's range coder
 quantizes identical float64 inputs identically on every machine.
 
@@ -8,9 +9,10 @@ The integer network is derived from the classifier's own description of its laye
 
 Speed: a layer is one gather of its taps, one matrix product, floor and clamp (weights are
 pre-scaled by powers of two, IntegerLayer), on as many positions at once as the order allows.
-Encoding computes all logits in one pass, depth slice by depth slice through all layers,
-so hidden layers keep only the slices the next one reads (_Slabs).
-Decoding runs along the wavefront of imgcomp.entropy_coding.wavefront.
+The one pass computes all logits depth slice by depth slice through all layers, so hidden
+layers keep only the slices the next one reads (_Slabs), but the logits of the whole volume
+are kept. `walk` runs along the wavefront of imgcomp.entropy_coding.wavefront, the same
+integer operations step by step, in memory that grows with the volume's rows (C x H).
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ from imgcomp.entropy_coding.integer_layers import (
 from imgcomp.entropy_coding.wavefront import (
     DecoderRing,
     Extent,
+    RowWindow,
     WavefrontPlan,
     ring_size,
+    row_times,
     wavefront_time,
 )
 from imgcomp.nets.probclass import ProbClassifier
@@ -94,6 +98,15 @@ class IntegerContextModel:
         """Flat (c, h, w) indices of the symbols in the order they are coded."""
         return self.plan(shape).coding_order
 
+    def one_pass_bytes(self, shape: tuple[int, int, int]) -> int:
+        """About the memory a one-pass encode takes for a (C, H, W) volume: reach + 1 depth
+        slices of each hidden layer, and per symbol its logits and input (float64) and the
+        arrays that sort it into coding order."""
+        plan = self.plan(shape)
+        slices = sum((self.reach + 1) * e.height * e.width * layer.weight.shape[1]
+                     for e, layer in zip(plan.extents[1:-1], self.layers, strict=False))
+        return 8 * (slices + plan.extents[-1].size * (self.num_centers + 8))
+
     def logits(self, symbols: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
         """Integer logits (C*H*W, L) of a (C, H, W) symbol volume in coding order, in one
         parallel pass, depth slice by depth slice through all layers, so that each hidden
@@ -106,7 +119,7 @@ class IntegerContextModel:
         box = torch.full((padded.depth, padded.height, padded.width), self.pad_int,
                          dtype=torch.float64)
         d, h, w = volume.d0 - padded.d0, volume.h0 - padded.h0, volume.w0 - padded.w0
-        box[d:, h:h + volume.height, w:w + volume.width] = self.center_ints[symbols.cpu()]
+        box[d:, h:h + volume.height, w:w + volume.width] = self.center_ints[symbols.cpu().long()]
         # Slices of the input and the logits are all kept; those of hidden layers cyclically.
         slabs = [_Slabs(padded, padded.depth, box.view(-1, 1))]
         for i, layer in enumerate(self.layers):
@@ -125,65 +138,97 @@ class IntegerContextModel:
         return slabs[-1].values[plan.coding_order]
 
     def decode(self, shape: tuple[int, int, int], decode_step) -> torch.Tensor:
-        """Decode a (C, H, W) volume step by step along the wavefront. `decode_step(logits)`
+        """Decode a (C, H, W) uint8 volume step by step along the wavefront. `decode_step(logits)`
         gets the integer logits (m, L) of the step's symbols in coding order (a view valid
         during the call) and returns their symbols (m,); an exception it raises stops the
         decode."""
+        volume = torch.empty(int(np.prod(shape)), dtype=torch.uint8)
+
+        def step(logits: torch.Tensor, positions: torch.Tensor) -> np.ndarray:
+            symbols = np.asarray(decode_step(logits))
+            volume[positions] = torch.from_numpy(symbols.astype(np.uint8, copy=False))
+            return symbols
+
+        self.walk(shape, step)
+        return volume.view(shape)
+
+    def walk(self, shape: tuple[int, int, int], step) -> None:
+        """Walk the wavefront through a (C, H, W) volume: `step(logits, positions)` gets the
+        integer logits (m, L) of each step's symbols in coding order (a view valid during the
+        call) and their flat (c, h, w) indices, and returns their symbols (m,) (decoded, or
+        known when encoding). Memory: each layer's last ring_size steps of the rows a step
+        reaches (RowWindow), plus tables of ~500 bytes per (C, H) row."""
         plan = self.plan(shape)
         size = ring_size(self.layers, self.reach)
+        window = RowWindow(plan, plan.extents[0], size)
         rings: list[DecoderRing] = []
         for i in range(len(self.layers)):
-            rings.append(DecoderRing(plan, i, size, rings))
-        input_rows = rings[0].rows_below
-        inputs = np.full((size * input_rows, 1), self.pad_int)
+            rings.append(DecoderRing(plan, i, size, window, rings))
+        inputs = np.full((size * window.capacity, 1), self.pad_int)
         # Each layer reads the buffer below and writes its own; the last one, the logits.
         rings[0].below = torch.from_numpy(inputs)
         for layer, ring, above in zip(self.layers, rings, rings[1:], strict=False):
-            ring.out = above.below = torch.empty(size * ring.rows, layer.weight.shape[1],
-                                                 dtype=torch.float64)
+            ring.out = above.below = torch.empty(size * ring.window.capacity,
+                                                 layer.weight.shape[1], dtype=torch.float64)
         for ring in rings:
             if ring.layer.skip_from is not None:
                 ring.skip_source = rings[ring.layer.skip_from].out
         # Work space for the largest step, shared by the layers so that it stays in cache.
-        most = max(ring.most_rows for ring in rings)
+        most = max(ring.window.most_rows for ring in rings)
         gathered = torch.empty(most * max(layer.weight.shape[0] for layer in self.layers),
                                dtype=torch.float64)
+        slots = torch.empty(most * max(len(layer.offsets) for layer in self.layers),
+                            dtype=torch.int32)
         logits = torch.empty(most, self.num_centers, dtype=torch.float64)
         center_ints = self.center_ints.numpy()
-        last, decoded = rings[-1], []
+        last = rings[-1]
+        # The flat index of (unsorted) row r's position at step t is row_start[r] + t.
+        row_start = (np.arange(last.window.rank.size) * shape[2]
+                     - row_times(plan.extents[-1], self.reach)[2])
         for k, t in enumerate(plan.steps.tolist()):
             phase = t % size
             # The input's plane of step t held step t - size, which no layer reads any more:
-            # it becomes padding, and the step's symbols are written in once decoded.
-            inputs[phase * input_rows:(phase + 1) * input_rows] = self.pad_int
+            # it becomes padding, and the step's symbols are written in once known.
+            inputs[phase * window.capacity:(phase + 1) * window.capacity] = self.pad_int
             for ring in rings:
-                lo, hi = ring.lo[k], ring.hi[k]
+                lo, hi = ring.window.lo[k], ring.window.hi[k]
                 if lo == hi:
                     continue
-                if hi > ring.filled:
-                    ring.fill(hi)
                 n, layer, below = hi - lo, ring.layer, ring.below
-                g = gathered[:n * layer.weight.shape[0]]
-                torch.index_select(below, 0, ring.taps[phase][lo:hi].view(-1),
-                                   out=g.view(-1, below.shape[1]))
-                start = phase * ring.rows + lo
-                out = logits[:n] if ring is last else ring.out[start:start + n]
-                torch.addmm(layer.bias, g.view(n, -1), layer.weight, out=out).floor_()
-                if ring.skip is not None:
-                    out += ring.skip_source.index_select(0, ring.skip[phase][lo:hi])
-                out.clamp_(0.0 if layer.relu else -ACT_LIMIT, ACT_LIMIT)
-            if last.lo[k] == last.hi[k]:
+                taps = slots[:n * len(layer.offsets)]
+                torch.add(ring.tap_rows[lo:hi], ring.tap_planes[phase], out=taps.view(n, -1))
+                g = gathered[:n * layer.weight.shape[0]].view(n, -1)
+                torch.index_select(below, 0, taps, out=g.view(-1, below.shape[1]))
+                for a, b, out in _blocks(ring, lo, n, phase, logits if ring is last else None):
+                    torch.addmm(layer.bias, g[a:b], layer.weight, out=out).floor_()
+                    if ring.skip is not None:
+                        out += ring.skip_source.index_select(0, ring.skip[phase][lo + a:lo + b])
+                    out.clamp_(0.0 if layer.relu else -ACT_LIMIT, ACT_LIMIT)
+            lo, hi = last.window.lo[k], last.window.hi[k]
+            if lo == hi:
                 continue
-            # Coding order within a step: by flat index, i.e. by row.
-            rows = last.order[last.lo[k]:last.hi[k]]
-            by_row = np.argsort(rows)
-            symbols = np.asarray(decode_step(logits[torch.from_numpy(by_row)]),
-                                 dtype=np.int64)
-            inputs[phase * input_rows + last.input[rows[by_row]], 0] = center_ints[symbols]
-            decoded.append(symbols)
-        symbols = torch.empty(plan.extents[-1].size, dtype=torch.int64)
-        symbols[plan.coding_order] = torch.from_numpy(np.concatenate(decoded))
-        return symbols.view(shape)
+            # Coding order within a step: by flat index, i.e. by (unsorted) row.
+            by_row = np.argsort(last.window.order[lo:hi])
+            rows = last.window.order[lo:hi][by_row]
+            symbols = np.asarray(step(logits[torch.from_numpy(by_row)],
+                                      torch.from_numpy(row_start[rows] + t)), dtype=np.int64)
+            inputs[phase * window.capacity + last.input[lo + by_row], 0] = center_ints[symbols]
+
+
+def _blocks(ring: DecoderRing, lo: int, n: int, phase: int, logits: torch.Tensor | None
+            ) -> list[tuple[int, int, torch.Tensor]]:
+    """Where a step writes rows lo .. lo + n - 1 of a ring: (first, stop, buffer rows) of
+    its block of slots, two blocks where the slots wrap around; the last layer writes the
+    first n rows of `logits`."""
+    if logits is not None:
+        return [(0, n, logits[:n])]
+    capacity = ring.window.capacity
+    first, plane = lo % capacity, phase * capacity
+    split = min(n, capacity - first)
+    blocks = [(0, split, ring.out[plane + first:plane + first + split])]
+    if split < n:
+        blocks.append((split, n, ring.out[plane:plane + n - split]))
+    return blocks
 
 
 @dataclass

@@ -5,7 +5,8 @@ is computed exactly once, at step t, from cached activations of the layers below
 Fast PixelCNN++), and all symbols of a step are decoded together. A Kodak image (C=32 x 64 x 96
 symbols) takes 376 steps. Each layer keeps only its last few steps (DecoderRing), with rows
 sorted so that a step's outputs are one block written in place, and its taps' buffer slots
-precomputed: per step and layer, no index arithmetic and no allocation.
+precomputed but for one offset per plane: per step and layer, one small addition and no
+allocation. Encoding a large volume walks the same wavefront with its symbols known.
 
 The encoder's depth-slice pass is imgcomp.entropy_coding.integer_model's; both use the geometry
 (`WavefrontPlan`) and the coding order defined here.
@@ -59,7 +60,7 @@ class Extent:
     def wavefront(self, t0: int, t1: int, reach: int) -> tuple[np.ndarray, np.ndarray]:
         """Flat indices and wavefront times of the positions at times t0 <= t < t1, in coding
         order (by time, then flat index), made row by row without visiting the others."""
-        row_time = _row_times(self, reach)[2]  # the time of w = 0 in each (d, h) row
+        row_time = row_times(self, reach)[2]  # the time of w = 0 in each (d, h) row
         w_lo = np.clip(t0 - row_time, self.w0, self.w0 + self.width)
         w_hi = np.clip(t1 - row_time, self.w0, self.w0 + self.width)
         counts = w_hi - w_lo
@@ -99,67 +100,77 @@ def ring_size(layers: list[IntegerLayer], reach: int) -> int:
     return 1 - min(int(wavefront_time(*layer.offsets.T, reach).min()) for layer in layers)
 
 
+class RowWindow:
+    """The (depth, height) rows of an extent along the wavefront: sorted by their time at
+    w = 0 (order; rank[r]: where row r lies), the rows with a position at step k are one block
+    [lo[k], hi[k]) of that order, and at most `capacity` rows have a position in any `size`
+    consecutive steps, so that a buffer keeping the last `size` steps needs `capacity` slots a
+    step, row j in slot j % capacity, however tall the volume (C x H rows; a step's rows are
+    those of about C x W / 2 of them)."""
+
+    def __init__(self, plan: WavefrontPlan, extent: Extent, size: int) -> None:
+        d, h, times = row_times(extent, plan.reach)
+        self.order = np.argsort(times, kind="stable")
+        self.rank = np.empty_like(self.order)
+        self.rank[self.order] = np.arange(len(self.order))
+        self.d, self.h = d[self.order], h[self.order]
+        times = times[self.order]
+        lo = np.searchsorted(times, plan.steps - extent.w0 - extent.width + 1)
+        hi = np.searchsorted(times, plan.steps - extent.w0, side="right")
+        self.lo, self.hi = lo.tolist(), hi.tolist()
+        self.most_rows = int((hi - lo).max())
+        first = np.concatenate([np.full(size - 1, lo[0]), lo])[:len(lo)]  # lo, size - 1 back
+        self.capacity = max(int((hi - first).max()), 1)
+
+    def slots(self, extent: Extent, d: np.ndarray, h: np.ndarray) -> np.ndarray:
+        """The slots (within a step's plane) of rows (d, h) of `extent`, this window's."""
+        return self.rank[_rows(extent, d, h)] % self.capacity
+
+
 class DecoderRing:
-    """The decoder's view of layer i. Each layer's output is kept for the last `size`
-    wavefront steps only, in planes of its (depth, height) rows: the position of row r at
-    step t (w = t - the row's time at w = 0) lies in plane t % size. Within a plane the rows
-    are sorted by their time at w = 0 (order), so the rows of a step, those whose time lies in
-    (t - w0 - width, t - w0], are one block [lo, hi) that the matrix product writes in place.
-    Taps lie at most size - 1 steps back, so the buffers stay small and in cache, and a decode
-    that stops early has touched little memory, however wide its image.
+    """The wavefront's view of layer i. Each layer's output is kept for the last `size`
+    wavefront steps only, in planes of `window.capacity` slots of its (depth, height) rows:
+    the position of row r at step t (w = t - the row's time at w = 0) lies in plane t % size,
+    slot rank[r] % capacity (RowWindow). So the rows of a step are one block [lo, hi) of slots
+    (two where it wraps around) that the matrix product writes in place. Taps lie at most
+    size - 1 steps back, so the buffers stay small and in cache, and a decode that stops early
+    has touched little memory, however large its image.
 
-    taps[t % size][j]: the buffer slots below of the taps of sorted row j at step t;
-    skip[t % size][j]: those of its skip; input[r]: the padded input's row of (unsorted) row r
-    (the last layer's symbols are written there)."""
+    tap_rows[j] + tap_planes[t % size]: the buffer slots below of the taps of sorted row j
+    at step t; skip[t % size][j]: those of its skip; input[j]: the padded input's slot of
+    sorted row j (the last layer's symbols are written there)."""
 
-    below: torch.Tensor  # the decoder's buffers: the layer below's output (or the input),
+    below: torch.Tensor  # the buffers: the layer below's output (or the input),
     out: torch.Tensor  # this layer's (hidden layers only),
     skip_source: torch.Tensor  # and its skip's source
 
-    _FILL_ROWS = 2048
-
-    def __init__(self, plan: WavefrontPlan, i: int, size: int, earlier: list[DecoderRing]) -> None:
-        """`earlier`: the rings of layers 0 .. i - 1 (their row orders)."""
+    def __init__(self, plan: WavefrontPlan, i: int, size: int, inputs: RowWindow,
+                 earlier: list[DecoderRing]) -> None:
+        """`inputs`: the padded input's window; `earlier`: the rings of layers 0 .. i - 1."""
         layer, below, extent = plan.layers[i], plan.extents[i], plan.extents[i + 1]
         self.layer = layer
-        d, h, row_times = _row_times(extent, plan.reach)
-        self.order = np.argsort(row_times, kind="stable")
-        self.rank = np.empty_like(self.order)  # rank[r]: where row r lies in a plane
-        self.rank[self.order] = np.arange(len(self.order))
-        times = row_times[self.order]
-        self.rows = len(self.order)
-        self.input = _rows(plan.extents[0], d, h)
-        self.lo = np.searchsorted(times, plan.steps - extent.w0 - extent.width + 1).tolist()
-        self.hi = np.searchsorted(times, plan.steps - extent.w0, side="right").tolist()
-        self.most_rows = max(hi - lo for lo, hi in zip(self.lo, self.hi, strict=True))
-        d, h = d[self.order], h[self.order]
+        self.window = RowWindow(plan, extent, size)
+        d, h = self.window.d, self.window.h
+        self.input = inputs.slots(plan.extents[0], d, h)
         od, oh, ow = layer.offsets.T
-        self.rows_below = below.depth * below.height
-        # Rows below in the sorted order of layer i - 1 (the padded input keeps its own).
-        rank = earlier[i - 1].rank if i else np.arange(self.rows_below)
-        self._taps = torch.from_numpy(rank[_rows(below, d, h)[:, None] + od * below.height + oh])
-        self._tap_planes = torch.from_numpy(
-            (np.arange(size)[:, None] + wavefront_time(od, oh, ow, plan.reach)) % size
-            * self.rows_below)[:, None]
-        # One copy per plane (row count x taps x size), so that a step needs no index
-        # arithmetic, filled as the decode reaches its rows (a refused file costs little).
-        self.taps = torch.empty(size, self.rows, len(od), dtype=torch.int64)
-        self.filled = 0
+        below_window = earlier[i - 1].window if i else inputs
+        # Buffer slots are int32 (half the memory of int64; index_select takes either). A step
+        # adds its plane offsets (one small addition), so the tables grow with the rows, not
+        # with rows x size.
+        self.tap_rows = torch.from_numpy(below_window.slots(
+            below, d[:, None] + od, h[:, None] + oh).astype(np.int32))
+        self.tap_planes = torch.from_numpy(
+            ((np.arange(size)[:, None] + wavefront_time(od, oh, ow, plan.reach)) % size
+             * below_window.capacity).astype(np.int32))
         self.skip = None
         if layer.skip_from is not None:
-            source = plan.extents[layer.skip_from + 1]
-            skip = earlier[layer.skip_from].rank[_rows(source, d, h)]
-            self.skip = [torch.from_numpy(skip + phase * source.depth * source.height)
+            source = earlier[layer.skip_from].window
+            skip = source.slots(plan.extents[layer.skip_from + 1], d, h)
+            self.skip = [torch.from_numpy((skip + phase * source.capacity).astype(np.int32))
                          for phase in range(size)]
 
-    def fill(self, rows: int) -> None:
-        """Make taps[:, :rows] (and some rows more) valid."""
-        end = min(self.rows, max(rows, self.filled + self._FILL_ROWS))
-        self.taps[:, self.filled:end] = self._taps[self.filled:end] + self._tap_planes
-        self.filled = end
 
-
-def _row_times(extent: Extent, reach: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def row_times(extent: Extent, reach: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The depth and height of an extent's (depth, height) rows and their wavefront times at
     w = 0."""
     d, h = np.divmod(np.arange(extent.depth * extent.height), extent.height)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from imgcomp.nets import row_bands
 from imgcomp.nets.shapes import SUBSAMPLING
 from imgcomp.nets.weight_init import init_weights
 
@@ -38,18 +39,60 @@ def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-class Conv2dSame(nn.Conv2d):
+class Conv2d(nn.Conv2d):
+    """nn.Conv2d with zero padding and `input_span`: the rows (or columns) that outputs
+    read, for tiling."""
+
+    def pad_before(self, size: int, dim: int) -> int:
+        """Padding before the input along dim (0: rows, 1: columns) for an input of `size`."""
+        return self.padding[dim]
+
+    def input_span(self, start: int, stop: int, dim: int) -> tuple[int, int]:
+        """[first, last) input positions along dim (padding positions included) that outputs
+        [start, stop) read, for inputs whose size is a multiple of the stride."""
+        k, s = self.kernel_size[dim], self.stride[dim]
+        before = self.pad_before(s, dim)
+        return start * s - before, (stop - 1) * s - before + k
+
+
+class Conv2dSame(Conv2d):
     """Conv2d with TensorFlow's 'SAME' padding (asymmetric for stride 2: 5x5 pads 1 before,
     2 after), so that weights trained by the original compute the same function."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int,
+                 bias: bool) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, bias=bias)
+
+    def pad_before(self, size: int, dim: int) -> int:
+        return _same_pads(size, self.kernel_size[dim], self.stride[dim])[0]
 
     def forward(self, x: Tensor) -> Tensor:
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
         top, bottom = _same_pads(x.shape[-2], kh, sh)
         left, right = _same_pads(x.shape[-1], kw, sw)
-        return super().forward(F.pad(x, (left, right, top, bottom)))
+        return F.conv2d(F.pad(x, (left, right, top, bottom)), self.weight, self.bias,
+                        self.stride)
 
 
-class ConvTranspose2dSame(nn.ConvTranspose2d):
+class ConvTranspose2d(nn.ConvTranspose2d):
+    """nn.ConvTranspose2d with zero padding, computed by row_bands; `input_span` as
+    Conv2d's. Output position o is position o + padding of the full transposed convolution,
+    to which input position i contributes i * stride .. i * stride + kernel - 1."""
+
+    def output_rows(self, input_rows: int) -> int:
+        (k, _), (s, _), (p, _) = self.kernel_size, self.stride, self.padding
+        return (input_rows - 1) * s - 2 * p + k + self.output_padding[0]
+
+    def input_span(self, start: int, stop: int, dim: int) -> tuple[int, int]:
+        k, s, p = self.kernel_size[dim], self.stride[dim], self.padding[dim]
+        return -(-(start + p - k + 1) // s), (stop - 1 + p) // s + 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        return row_bands.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding,
+                                          self.output_padding, self.output_rows(x.shape[-2]))
+
+
+class ConvTranspose2dSame(ConvTranspose2d):
     """ConvTranspose2d with TensorFlow's conv2d_transpose 'SAME' semantics: the output is
     stride x the input, taken from the full transposed convolution starting at the padding
     that the matching forward 'SAME' convolution puts before the input."""
@@ -60,24 +103,26 @@ class ConvTranspose2dSame(nn.ConvTranspose2d):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding=before,
                          bias=bias)
 
+    def output_rows(self, input_rows: int) -> int:
+        return input_rows * self.stride[0]
+
     def forward(self, x: Tensor) -> Tensor:
-        h, w = x.shape[-2] * self.stride[0], x.shape[-1] * self.stride[1]
-        return super().forward(x)[..., :h, :w]
+        return super().forward(x)[..., :x.shape[-1] * self.stride[1]]
 
 
 def _conv(cin: int, cout: int, kernel: int, stride: int, bias: bool, tf_same: bool
-          ) -> nn.Conv2d:
+          ) -> Conv2d:
     if tf_same:
         return Conv2dSame(cin, cout, kernel, stride, bias=bias)
-    return nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=bias)
+    return Conv2d(cin, cout, kernel, stride, kernel // 2, bias=bias)
 
 
 def _conv_transpose(cin: int, cout: int, kernel: int, bias: bool, tf_same: bool
-                    ) -> nn.ConvTranspose2d:
+                    ) -> ConvTranspose2d:
     """Stride-2 transposed conv doubling the size."""
     if tf_same:
         return ConvTranspose2dSame(cin, cout, kernel, 2, bias=bias)
-    return nn.ConvTranspose2d(cin, cout, kernel, 2, kernel // 2, output_padding=1, bias=bias)
+    return ConvTranspose2d(cin, cout, kernel, 2, kernel // 2, output_padding=1, bias=bias)
 
 
 class ResidualBlock(nn.Module):
@@ -85,9 +130,9 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, n: int, activation: bool, bn_momentum: float, bn_eps: float) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(n, n, 3, padding=1, bias=False)
+        self.conv1 = Conv2d(n, n, 3, padding=1, bias=False)
         self.bn1 = _bn(n, bn_momentum, bn_eps)
-        self.conv2 = nn.Conv2d(n, n, 3, padding=1, bias=False)
+        self.conv2 = Conv2d(n, n, 3, padding=1, bias=False)
         self.bn2 = _bn(n, bn_momentum, bn_eps)
         self.activation = activation
 
