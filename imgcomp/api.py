@@ -15,12 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from imgcomp.base.image_files import ImageLike
+from imgcomp.base.image_files import ImageLike, read_image
 from imgcomp.checkpoints import zoo
-from imgcomp.checkpoints.log_dirs import ckpt_dir_of, load_codec
+from imgcomp.checkpoints.log_dirs import ckpt_dir_of, load_codec, read_configs
 from imgcomp.checkpoints.zoo import DEFAULT_MODEL, load_model
 from imgcomp.codec.image_codec import ImageCodec
+from imgcomp.config.parsing import Config
 from imgcomp.entropy_coding import bitstream
+from imgcomp.evaluation.refinement import refined_symbols
 
 __all__ = ["DEFAULT_MODEL", "clear_caches", "compress", "decompress", "default_model_dir",
            "load_model"]
@@ -35,6 +37,11 @@ def default_model_dir() -> Path:
 @functools.lru_cache(maxsize=2)
 def _cached_model(log_dir: Path) -> ImageCodec:
     return load_codec(ckpt_dir_of(log_dir))
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_ae_config(log_dir: Path) -> Config:
+    return read_configs(ckpt_dir_of(log_dir))[0]
 
 
 def _lookup_key() -> tuple[str, str]:
@@ -61,14 +68,23 @@ def _find_by_fingerprint(fingerprint: bytes, models_path: str,
 def clear_caches() -> None:
     """Forget the models `compress` and `decompress` loaded and looked up (e.g. after a log
     dir's checkpoint was replaced)."""
-    for cached in (_cached_model, _find, _find_by_fingerprint):
+    for cached in (_cached_model, _cached_ae_config, _find, _find_by_fingerprint):
         cached.cache_clear()
 
 
-def compress(image: ImageLike, model: str | os.PathLike | None = None) -> bytes:
-    """Compress an image with a model (see load_model; default: the shipped DEFAULT_MODEL)."""
+def compress(image: ImageLike, model: str | os.PathLike | None = None, refine: int = 0
+             ) -> bytes:
+    """Compress an image with a model (see load_model; default: the shipped DEFAULT_MODEL),
+    with `refine` steps of encode-time refinement (imgcomp.evaluation.refinement: a better
+    image at about the same size, read by the unchanged decoder; 0.7-0.9 s per step for a
+    768x512 image on 2 CPU cores)."""
     known = _find(os.fspath(model or DEFAULT_MODEL), *_lookup_key())
-    return _cached_model(known.log_dir).compress(image)
+    codec = _cached_model(known.log_dir)
+    if not refine:
+        return codec.compress(image)
+    array = read_image(image)
+    symbols = refined_symbols(codec, array, _cached_ae_config(known.log_dir), refine)
+    return codec.encode_symbols(symbols, *array.shape[:2])[0]
 
 
 def decompress(data: bytes, model: str | os.PathLike | None = None,

@@ -74,8 +74,8 @@ def fresh_venv(wheel, tmp_path_factory) -> Path:
     return venv
 
 
-COMMANDS = ["train", "val", "plot", "codecs", "crops", "report", "ship", "convert", "records",
-            "encode", "decode", "info", "models", "data"]
+COMMANDS = ["train", "train-context", "val", "plot", "codecs", "crops", "report", "ship",
+            "convert", "records", "encode", "decode", "info", "models", "data"]
 
 
 def test_every_command_is_listed_and_has_help(capsys):

@@ -47,6 +47,8 @@ def test_shipped_model_codes_a_real_photo(log_dir):
 # Keys the configs changed after the shipped models were trained (docs/faithfulness.md, "Which
 # choices train better"): repo value, the shipped models' value.
 CHANGED_SINCE_SHIPPED = {"bottleneck_output_bn": (True, False)}
+# Keys added since, with the value the shipped models were trained with (LEGACY_PC_KEYS).
+ADDED_SINCE_SHIPPED = {"arch_param__num_res_blocks": 1}
 
 
 @pytest.mark.parametrize("log_dir", SHIPPED, ids=lambda p: p.name)
@@ -61,6 +63,9 @@ def test_repo_configs_are_the_ones_a_shipped_model_was_trained_with(log_dir):
         for key, values in CHANGED_SINCE_SHIPPED.items():
             if key in in_repo:
                 assert (in_repo.pop(key), shipped.pop(key)) == values, key
+        for key, value in ADDED_SINCE_SHIPPED.items():
+            if key in in_repo and key not in shipped:
+                assert in_repo.pop(key) == value, key
         assert in_repo == shipped, f"{root}/{job_name}"
 
 

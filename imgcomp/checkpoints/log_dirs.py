@@ -163,12 +163,13 @@ def keep_old_configs(ckpt_dir: Path, step: int) -> list[Path]:
 
 
 # Keys added when the original's graph became the default (README.md, "What differs from
-# the original"): a log dir written before them was trained with these, the port's choices.
+# the original"), and later (the context model's depth): a log dir written before them was
+# trained with these, the port's choices.
 LEGACY_AE_KEYS = {"tf_same_padding": False, "bottleneck_output_bn": False, "weight_init": "torch",
                   "random_flip": False, "train_ms_ssim": "eval", "adam_epsilon": "torch",
                   "epoch_steps": "exact", "output_uint8": "round"}
 LEGACY_PC_KEYS = {"logits_relu": False, "objective": "H_real", "weight_init": "torch",
-                  "adam_epsilon": "torch"}
+                  "adam_epsilon": "torch", "arch_param__num_res_blocks": 1}
 
 
 def _with_legacy_keys(cfg: Config, legacy: dict[str, Any]) -> Config:

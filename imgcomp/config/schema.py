@@ -173,6 +173,8 @@ PC_SCHEMA = _schema("pc", [
     # config must set it.
     *_OPTIMIZATION_KEYS,
     Key("arch_param__k", INT, 24, "channels of the context model's conv layers"),
+    # Added by the port: a larger context model (the paper's 'res_shallow' has one block).
+    Key("arch_param__num_res_blocks", INT, 1, "residual blocks of the context model"),
     Key("regularization_factor", optional(FLOAT), None,
         "weight of the context model's L2 weight penalty (None or 0: off)"),
     Key("use_centers_for_padding", BOOL, True, "pad the context with centres[0] (False: 0)"),

@@ -32,9 +32,11 @@ RECONSTRUCTIONS_DIR = "imgs"
 BITSTREAMS_DIR = "bitstreams"
 
 
-def results_dir(log_dir_root: str | os.PathLike, job_id: str, dataset: str) -> Path:
-    """The folder of one job's results on one dataset."""
-    return Path(log_dir_root) / f"{job_id} {dataset}"
+def results_dir(log_dir_root: str | os.PathLike, job_id: str, dataset: str,
+                refine: int = 0) -> Path:
+    """The folder of one job's results on one dataset; with `refine` steps of encode-time
+    refinement (val.py --refine), one of its own, its dataset named `<DATASET>_refine<N>`."""
+    return Path(log_dir_root) / f"{job_id} {dataset}{f'_refine{refine}' if refine else ''}"
 
 
 def step_csv(name: str, step: int) -> str:

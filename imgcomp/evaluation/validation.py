@@ -4,8 +4,10 @@ Output per job and dataset: `LOG_DIR_ROOT/<JOB_ID> <DATASET>/` with `measures.cs
 latest validated checkpoint), `measures_<STEP>.csv` (each validated checkpoint),
 `validated.json` (which checkpoints are done, so re-running skips them), with
 `--save_ours` the reconstructions in `imgs/`, and with `--real_bpp` the compressed files in
-`bitstreams/` and `real_bpp.csv` (real vs cross-entropy bpp, coding times). Every file is
-written atomically; a folder that cannot be written stops the run with one line naming it.
+`bitstreams/` and `real_bpp.csv` (real vs cross-entropy bpp, coding times). With `--refine N`
+each image's latent is refined for N steps before coding (imgcomp.evaluation.refinement), and
+the results go to `<JOB_ID> <DATASET>_refine<N>/`. Every file is written atomically; a folder
+that cannot be written stops the run with one line naming it.
 
 Images are read one at a time, when measured. An unreadable one is named, skipped, and
 listed again at the end, and val.py exits with EXIT_UNREADABLE: the others' measures are
@@ -51,7 +53,9 @@ from imgcomp.base.image_files import (
 )
 from imgcomp.checkpoints import log_dirs as ckpt
 from imgcomp.codec.image_codec import ImageCodec
+from imgcomp.config.parsing import Config
 from imgcomp.entropy_coding.bitstream import BitstreamError
+from imgcomp.evaluation.refinement import refined_symbols
 from imgcomp.evaluation.results import (
     BITSTREAMS_DIR,
     MEASURES_CSV,
@@ -158,7 +162,8 @@ def validate_job(log_dir_root: Path, job_id: str, dataset: str, reader: ImageRea
     available = [s for s, _ in ckpt.list_checkpoints(ckpt_dir)]
     if not available:
         raise ckpt.CheckpointError(f"job {job_id}: no checkpoints in {ckpt_dir}")
-    out_dir = results_dir(log_dir_root, job_id, dataset)
+    out_dir = results_dir(log_dir_root, job_id, dataset, args.refine)
+    ae_cfg = ckpt.read_configs(ckpt_dir)[0] if args.refine else None
     if world.is_main and args.reset and out_dir.exists():
         with _writing(out_dir):
             shutil.rmtree(out_dir)
@@ -194,7 +199,7 @@ def validate_job(log_dir_root: Path, job_id: str, dataset: str, reader: ImageRea
                 model = ckpt.load_codec(ckpt_dir, step, device)
             save_png = args.save_ours and step == steps[-1]
             results.append((i, measure_image(model, paths[i], image, out_dir, save_png,
-                                             args.real_bpp)))
+                                             args.real_bpp, args.refine, ae_cfg)))
         gathered = gather_to_main(results, world)
         if gathered is None:
             continue
@@ -220,11 +225,13 @@ def _silent(*args, **kwargs) -> None:
 
 
 def measure_image(model: ImageCodec, path: Path, image: np.ndarray, out_dir: Path,
-                  save_png: bool, real_bpp: bool) -> ImageResult:
+                  save_png: bool, real_bpp: bool, refine: int = 0,
+                  ae_cfg: Config | None = None) -> ImageResult:
     """The measures of one image (saving its reconstruction in imgs/ if `save_png`) and,
-    with `real_bpp`, its real compressed file's real_bpp.csv row."""
+    with `real_bpp`, its real compressed file's real_bpp.csv row; with `refine` steps of
+    encode-time refinement for the model's objective (its ae config `ae_cfg`)."""
     start = time.perf_counter()
-    symbols = model.symbols(image)
+    symbols = refined_symbols(model, image, ae_cfg, refine)
     symbols_s = time.perf_counter() - start
     x_hat, bits = model.reconstruct(symbols, *image.shape[:2]), model.bits(symbols)
     measured = Measure(path.name, *measure(image, x_hat, bits))
@@ -243,7 +250,8 @@ def measure_image(model: ImageCodec, path: Path, image: np.ndarray, out_dir: Pat
 def code_image(model: ImageCodec, path: Path, symbols: torch.Tensor, size: tuple[int, int],
                loss_bits: float, symbols_s: float, out_dir: Path) -> dict:
     """Encode an image's symbols to a real file, decode it, check the symbols; its
-    real_bpp.csv row. encode_s (image -> file) includes the autoencoder's `symbols_s`."""
+    real_bpp.csv row. encode_s (image -> file) includes `symbols_s`, the autoencoder's time
+    (and refinement's)."""
     h, w = size
     start = time.perf_counter()
     data, theory_bits = model.encode_symbols(symbols, h, w)

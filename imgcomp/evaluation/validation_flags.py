@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from imgcomp.base.arg_types import non_negative_int
+
 # Exit status when some images could not be read and the others were measured (1: an error
 # stopped the run; 2: bad flags).
 EXIT_UNREADABLE = 3
@@ -44,4 +46,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
                    "and report real vs estimated bpp in real_bpp.csv")
     port = p.add_argument_group("flags of the port only")
     port.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    port.add_argument("--refine", type=non_negative_int, default=0, metavar="N",
+                      help="encode-time refinement: optimize each image's latent for N steps "
+                      "before coding (docs/refinement.md); results in '<JOB_ID> "
+                      "<DATASET>_refine<N>/' (default 0: none)")
     return p

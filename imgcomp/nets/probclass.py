@@ -112,7 +112,8 @@ class ProbClassifier(nn.Module):
             raise ValueError(f"{pc_cfg.source_path}: only arch = 'res_shallow' is implemented, "
                              f"got {pc_cfg.arch!r}")
         return cls(num_centers, pc_cfg.kernel_size, pc_cfg.arch_param__k,
-                   logits_relu=pc_cfg.logits_relu, weight_init=pc_cfg.weight_init)
+                   logits_relu=pc_cfg.logits_relu, weight_init=pc_cfg.weight_init,
+                   num_res_blocks=pc_cfg.arch_param__num_res_blocks)
 
     @property
     def context_pad(self) -> int:

@@ -44,11 +44,16 @@ class Quantizer(nn.Module):
     def dequantize(self, symbols: Tensor) -> Tensor:
         return self.centers[symbols]
 
+    def soft_assignment(self, z: Tensor, sigma: float | None = None) -> Tensor:
+        """(..., L) weights softmax(-sigma * (z - c_j)^2) of each element of z over the
+        centres (sigma: the quantizer's own unless given)."""
+        sigma = self.sigma if sigma is None else sigma
+        return torch.softmax(-sigma * (z.unsqueeze(-1) - self.centers) ** 2, dim=-1)
+
     def forward(self, z: Tensor) -> Quantized:
-        sq_dist = (z.unsqueeze(-1) - self.centers) ** 2
-        weights = torch.softmax(-self.sigma * sq_dist, dim=-1)
+        weights = self.soft_assignment(z)
         qsoft = (weights * self.centers).sum(-1)
-        symbols = torch.argmin(sq_dist, dim=-1)
+        symbols = torch.argmin((z.unsqueeze(-1) - self.centers) ** 2, dim=-1)
         qhard = self.centers[symbols]
         qbar = qsoft + (qhard - qsoft).detach()
         return Quantized(qbar, qsoft, qhard, symbols)

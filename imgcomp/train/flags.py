@@ -5,22 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from imgcomp.base.arg_types import non_negative_float, positive_int
 from imgcomp.checkpoints.log_dirs import DEFAULT_LOG_DIR_ROOT
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
 
 # `--restore DIR` with these skipped, as the original's --from_identity (RestoreManager).
 FROM_IDENTITY_SKIP_VARS = "global_step,Adam"
@@ -55,11 +41,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
                    help=f"where the job's log dir is made (default {DEFAULT_LOG_DIR_ROOT}; "
                    "`imgcomp encode -m JOB_ID` finds the models there)")
     p.add_argument(
-        "--log_interval_train", "-ltrain", type=_positive_int, default=100, metavar="STEPS",
+        "--log_interval_train", "-ltrain", type=positive_int, default=100, metavar="STEPS",
         help="console + TensorBoard train summaries every STEPS (default 100)",
     )
     p.add_argument(
-        "--log_interval_save", "-lsave", type=_positive_int, default=1000, metavar="STEPS",
+        "--log_interval_save", "-lsave", type=positive_int, default=1000, metavar="STEPS",
         help="checkpoint every STEPS (default 1000)",
     )
     p.add_argument(
@@ -98,7 +84,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
         "states). Skipping anything starts the optimizer states afresh",
     )
     p.add_argument(
-        "--ckpt_interval", type=_non_negative_float, default=1.0, metavar="HOURS",
+        "--ckpt_interval", type=non_negative_float, default=1.0, metavar="HOURS",
         help="besides the newest --keep_ckpts checkpoints, keep one checkpoint every HOURS "
         "(default 1): a checkpoint leaving that window is kept for good if it was written "
         ">= HOURS after the last one kept so (or after the run's start); 0 keeps them all",
