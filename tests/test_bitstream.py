@@ -5,7 +5,6 @@ shared with tests/fuzz_bitstream.py)."""
 import collections
 import hashlib
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ from bitstream_mutations import KINDS, base_files, decode_outcome, mutate
 
 from imgcomp import api, cli
 from imgcomp.api import default_model_dir, load_model
-from imgcomp.entropy_coding import bitstream
+from imgcomp.entropy_coding import bitstream, range_coding
 from imgcomp.entropy_coding.bitstream import (
     FORMAT_VERSION,
     BitstreamError,
@@ -80,12 +79,16 @@ def test_other_format_versions_are_refused_by_name(codec, version):
 
 
 @pytest.mark.parametrize("height, width", [(16384, 16385), (65536, 65536), (32768, 8193)])
-def test_bombs_are_refused_from_the_header(codec, height, width):
+def test_bombs_are_refused_from_the_header(codec, height, width, monkeypatch):
+    """Refused before any decoding (so before allocating anything the size claims)."""
     data = _bomb(codec, height, width, bytes(4))
-    start = time.perf_counter()
+
+    def decode_symbols(*args):
+        raise AssertionError("a bomb reached the decoder")
+
+    monkeypatch.setattr("imgcomp.codec.image_codec.decode_symbols", decode_symbols)
     with pytest.raises(BitstreamError, match="more than the limit") as error:
         codec.decompress(data)
-    assert time.perf_counter() - start < 0.1
     message = str(error.value)
     assert "--max_pixels" in message and "IMGCOMP_MAX_PIXELS" in message
     assert "max_pixels=" in message and len(message.splitlines()) == 1
@@ -134,16 +137,24 @@ def test_cli_pixel_limit(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.parametrize("payload", [bytes(4), b"\xff" * 4, bytes.fromhex("12345678"),
                                      bytes(8)], ids=["zeros", "ones", "random", "zeros8"])
-def test_payload_that_runs_out_is_refused_early(codec, payload):
+def test_payload_that_runs_out_is_refused_early(codec, payload, monkeypatch):
     """A 2048 x 2048 image claimed with a few bytes: the decoder stops once the symbols carry
-    more information than the payload holds, having built and touched only what the first
-    steps need (0.1 s on one idle core for 4 zero bytes, the cheapest garbage; tested with
-    room for a loaded machine)."""
+    more information than the payload holds, having decoded less than 2 % of the claimed
+    symbols (counted, not timed: 1.2 % at most for these payloads; 0.1 s on one idle core for
+    4 zero bytes, the cheapest garbage)."""
     data = _bomb(codec, 2048, 2048, payload)
-    start = time.perf_counter()
+    decoded = []
+    probabilities = range_coding.probabilities
+
+    def counted(logits):
+        decoded.append(len(logits))
+        return probabilities(logits)
+
+    monkeypatch.setattr(range_coding, "probabilities", counted)
     with pytest.raises(BitstreamError, match="payload exhausted"):
         codec.decompress(data)
-    assert time.perf_counter() - start < 1.0
+    claimed = int(np.prod(unpack(data)[0].latent_shape))
+    assert 0 < sum(decoded) < claimed / 50, (sum(decoded), claimed)
 
 
 @pytest.mark.parametrize("size", [(1, 1), (8, 8), (3, 100), (64, 64)])
@@ -184,19 +195,18 @@ def test_out_of_memory_is_a_bitstream_error(codec, monkeypatch):
 
 def test_fuzzed_files_fail_cleanly_and_fast(codec):
     """CRC-valid mutations (tests/fuzz_bitstream.py runs 10,000): every outcome is an image
-    of the size the header claims or a BitstreamError, each within 5 s."""
+    of the size the header claims or a BitstreamError, none hanging (each well under 1 s on an
+    idle machine; the 60 s bound only catches a hang: speed is bench/'s)."""
     files = base_files(codec)
     outcomes = collections.Counter()
     kinds = set()
-    start = time.perf_counter()
     for i in range(200):
         kind, data = mutate(files[i % len(files)], np.random.default_rng([1, i]))
         outcome, seconds = decode_outcome(codec, data)
         assert outcome == "image" or outcome.startswith("BitstreamError"), (i, kind, outcome)
-        assert seconds < 5, (i, kind, outcome, seconds)
+        assert seconds < 60, (i, kind, outcome, seconds)
         outcomes[outcome] += 1
         kinds.add(kind)
     assert kinds == set(KINDS)
     assert outcomes["image"] > 10 and len(outcomes) >= 6, outcomes
     assert outcomes["BitstreamError: payload exhausted"] > 10, outcomes
-    assert time.perf_counter() - start < 60
