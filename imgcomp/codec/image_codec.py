@@ -120,7 +120,7 @@ class ImageCodec(nn.Module):
         for tile in self.tiles(h, w, "encoder"):
             crop = image[SUBSAMPLING * tile.crop_top:SUBSAMPLING * tile.crop_bottom,
                          SUBSAMPLING * tile.crop_left:SUBSAMPLING * tile.crop_right]
-            x = torch.from_numpy(np.ascontiguousarray(crop)).to(self.device)
+            x = torch.from_numpy(np.array(crop)).to(self.device)  # a copy: writable, contiguous
             x = pad_to_multiple(x.permute(2, 0, 1).unsqueeze(0).float())
             z, _ = self.autoencoder.encode(x.contiguous(memory_format=torch.channels_last))
             symbols[:, tile.top:tile.bottom, tile.left:tile.right] = (

@@ -51,9 +51,11 @@ class Quantizer(nn.Module):
         return torch.softmax(-sigma * (z.unsqueeze(-1) - self.centers) ** 2, dim=-1)
 
     def forward(self, z: Tensor) -> Quantized:
-        weights = self.soft_assignment(z)
+        # As soft_assignment, with the squared distances computed once for both uses.
+        sq_dist = (z.unsqueeze(-1) - self.centers) ** 2
+        weights = torch.softmax(-self.sigma * sq_dist, dim=-1)
         qsoft = (weights * self.centers).sum(-1)
-        symbols = torch.argmin((z.unsqueeze(-1) - self.centers) ** 2, dim=-1)
+        symbols = torch.argmin(sq_dist, dim=-1)
         qhard = self.centers[symbols]
         qbar = qsoft + (qhard - qsoft).detach()
         return Quantized(qbar, qsoft, qhard, symbols)
