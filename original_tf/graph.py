@@ -30,7 +30,7 @@ import tensorflow as tf
 
 tf1 = tf.compat.v1
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 DEFAULT_AE_CONFIG = REPO / "ae_configs/cvpr/med"
 DEFAULT_PC_CONFIG = REPO / "pc_configs/cvpr/res_shallow"
 

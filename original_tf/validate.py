@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 FIXTURE = (Path(os.environ.get("IMGCOMP_SHARED", REPO.parent / "shared"))
            / "fixtures/original_tf1/0101_0001 cvpr@med cvpr@res_shallow")
 
