@@ -2,6 +2,7 @@
 optimizers) and peak memory at each config's own crop size and batch size, on random images.
 
     python bench/train_throughput.py [--steps 3] [--threads N] [--case cvpr_med] [--batch B]
+                                     [--bf16]
 
 Each case runs in a child process of its own, so its peak RSS (which never decreases within
 a process) is that case's alone: model, optimizer states, one warm-up step and the timed ones.
@@ -21,7 +22,6 @@ from pathlib import Path
 import torch
 
 from imgcomp.config.parsing import load_config
-from imgcomp.train.losses import compute_loss
 from imgcomp.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,9 +55,8 @@ def saved_for_backward(trainer: Trainer, x: torch.Tensor) -> dict[str, int]:
             lambda *_, name=name: current.append(name)))
         handles.append(module.register_forward_hook(leave))
     model.train()
-    x = x.contiguous(memory_format=torch.channels_last)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        compute_loss(model, model(x), x, trainer.ae_cfg, trainer.pc_cfg)
+        trainer.training_loss(x)
     for handle in handles:
         handle.remove()
     totals = dict.fromkeys([*parts, current[0]], 0)
@@ -66,13 +65,13 @@ def saved_for_backward(trainer: Trainer, x: torch.Tensor) -> dict[str, int]:
     return totals
 
 
-def measure(case: str, steps: int, batch: int | None, saved_only: bool) -> None:
+def measure(case: str, steps: int, batch: int | None, saved_only: bool, bf16: bool) -> None:
     """Child process: time `steps` train steps after one warm-up step and print img/s, or
     (`saved_only`, in a process of its own: a forward pass without its backward would
     leave the heap laid out differently for the steps) print the memory kept for backward."""
     ae_path, pc_path = CASES[case]
     ae_cfg, pc_cfg = load_config(ROOT / ae_path), load_config(ROOT / pc_path)
-    trainer = Trainer(ae_cfg, pc_cfg, torch.device("cpu"), num_train_images=1000)
+    trainer = Trainer(ae_cfg, pc_cfg, torch.device("cpu"), num_train_images=1000, bf16=bf16)
     h, w = ae_cfg.crop_size
     batch = batch or ae_cfg.batch_size
     gen = torch.Generator().manual_seed(0)
@@ -103,6 +102,8 @@ def run_case(case: str, args: argparse.Namespace) -> tuple[float, float]:
            "--threads", str(args.threads)]
     if args.batch:
         cmd += ["--batch", str(args.batch)]
+    if args.bf16:
+        cmd.append("--bf16")
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     img_s = float("nan")
     for line in child.stdout:
@@ -126,14 +127,15 @@ def main() -> None:
     parser.add_argument("--case", choices=sorted(CASES), action="append",
                         help="run only this case (repeatable); default: all")
     parser.add_argument("--batch", type=int, help="batch size instead of the config's")
+    parser.add_argument("--bf16", action="store_true", help="train.py --bf16's autocast")
     parser.add_argument("--child", choices=sorted(CASES), help=argparse.SUPPRESS)
     parser.add_argument("--saved", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.child:
-        measure(args.child, args.steps, args.batch, args.saved)
+        measure(args.child, args.steps, args.batch, args.saved, args.bf16)
         return
-    print(f"torch {torch.__version__}, {args.threads} threads")
+    print(f"torch {torch.__version__}, {args.threads} threads{', bf16' if args.bf16 else ''}")
     results = {case: run_case(case, args) for case in args.case or CASES}
     print(" ".join(f"{case}_img_s={img_s:.2f} {case}_peak_rss_gb={gb:.2f}"
                    for case, (img_s, gb) in results.items()))

@@ -34,7 +34,7 @@ def test_training_on_cuda_resumes_on_cpu(tmp_path, tiny_configs):
     first = trainer.train_step(x)
     for _ in range(10):
         last = trainer.train_step(x)
-    assert float(last.ae_loss.detach()) < float(first.ae_loss.detach())
+    assert float(last.total.detach()) < float(first.total.detach())
     assert all(p.is_cuda for p in trainer.model.parameters())
     # A checkpoint written on the GPU restores on the CPU with its optimizer state.
     path = ckpt.save_checkpoint(tmp_path, trainer.step, trainer.state_dict())
@@ -42,6 +42,17 @@ def test_training_on_cuda_resumes_on_cpu(tmp_path, tiny_configs):
     on_cpu.restore(ckpt.load_checkpoint(path, CPU), [])
     assert on_cpu.step == 11
     assert on_cpu.train_step(x.cpu()) is not None
+
+
+def test_bf16_training_on_cuda(tiny_configs):
+    torch.manual_seed(0)
+    trainer = trainer_module.Trainer(*tiny_configs, CUDA, num_train_images=100, bf16=True)
+    x = torch.rand(4, 3, 32, 32, device=CUDA) * 255
+    first = trainer.train_step(x)
+    for _ in range(10):
+        last = trainer.train_step(x)
+    assert float(last.total.detach()) < float(first.total.detach())
+    assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
 
 
 def test_train_and_val_commands_on_cuda(tmp_path, photo, ae_tiny, pc_tiny):

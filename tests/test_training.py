@@ -64,6 +64,44 @@ def test_loss_decreases_on_a_fixed_batch(tiny_configs):
     assert float(last.ms_ssim) > float(first.ms_ssim)
 
 
+def test_bf16_runs_the_convolutions_in_bfloat16_and_keeps_loss_and_weights_float32(
+        tiny_configs):
+    ae_cfg, pc_cfg = tiny_configs
+    x = torch.rand(4, 3, 32, 32) * 255
+    losses = {}
+    for bf16 in (False, True):
+        torch.manual_seed(0)
+        trainer = trainer_module.Trainer(ae_cfg, pc_cfg, torch.device("cpu"),
+                                         num_train_images=100, bf16=bf16)
+        conv_dtypes = set()
+        for m in trainer.model.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Conv3d)):
+                m.register_forward_hook(lambda _m, _i, out, seen=conv_dtypes: seen.add(out.dtype))
+        terms = trainer.train_step(x)
+        assert conv_dtypes == {torch.bfloat16 if bf16 else torch.float32}
+        assert terms.total.dtype == terms.ms_ssim.dtype == torch.float32
+        assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
+        losses[bf16] = float(terms.total.detach())
+        # Evaluation stays float32.
+        conv_dtypes.clear()
+        trainer.evaluate(iter([x]))
+        assert conv_dtypes == {torch.float32}
+    # The same initial weights and batch: the first loss differs by bfloat16's rounding only.
+    assert losses[True] == pytest.approx(losses[False], rel=0.05)
+    assert losses[True] != losses[False]
+
+
+def test_train_py_bf16_trains_and_checkpoints_float32_weights(run_train, monkeypatch):
+    made = []
+    monkeypatch.setattr(train_run, "Trainer", lambda *a, **k: made.append(k) or
+                        trainer_module.Trainer(*a, **k))
+    code, logs = run_train("--max_steps", "2", "--log_interval_test", "-1", "--bf16")
+    assert code == 0 and made == [{"bf16": True}]
+    state = ckpt.load_checkpoint(ckpt.checkpoint_path(_only_log_dir(logs) / "ckpts"))
+    assert state["step"] == 2
+    assert {v.dtype for v in state["model"].values() if v.is_floating_point()} == {torch.float32}
+
+
 def test_train_switches_freeze_parts(tiny_configs):
     torch.manual_seed(0)
     ae_cfg = tiny_configs[0]

@@ -82,7 +82,8 @@ class ImageCodec(nn.Module):
         """(N, C, h, w) bits of each symbol under the probability classifier, given the
         quantized volume qhard (its centre values)."""
         logits = self.probclass(qhard.detach(), self.pad_value())
-        return ProbClassifier.bitcost(logits, symbols)
+        # float32 even under bfloat16 autocast: a bit cost is a log of a softmax.
+        return ProbClassifier.bitcost(logits.float(), symbols)
 
     def forward(self, x: Tensor) -> CodecOutput:
         z, mask = self.autoencoder.encode(x)

@@ -78,7 +78,7 @@ def train(args: argparse.Namespace, world: World, device: torch.device,
     config_changes = _check_restore_continue(args, ae_cfg, pc_cfg)
     _seed_everything(args.seed)
     train_loader, num_train, test_loader = _make_loaders(args, ae_cfg, world)
-    trainer = Trainer(ae_cfg, pc_cfg, device, num_train, world)
+    trainer = Trainer(ae_cfg, pc_cfg, device, num_train, world, bf16=args.bf16)
     if args.restore:
         _restore(args, trainer)
         # Resume the data order at the epoch the restored step belongs to.
