@@ -5,6 +5,8 @@ against the plain ones, and the seconds it takes per image.
     python bench/refinement.py tables [--root ckpts] [--dataset kodak] [--steps 20 100 300]
                                       [--images kodim01.png ...]
     python bench/refinement.py time [--steps 20 100] [--threads 2] [--images 3]
+    python bench/refinement.py mobility [--dataset bsds500_val] [--images 3] [--steps 20]
+                                        [--beta_factors 0.001 1 4 16]
 
 tables: per shipped model and N, over the images of the refined results: mean real bpp
 (header included), MS-SSIM, PSNR and val.py's encode seconds per image (refinement included),
@@ -12,6 +14,10 @@ with the plain results (`<JOB_ID> <PLAIN_DATASET>`, default the same dataset) ov
 images as N = 0; then per N the BD-rate (MS-SSIM, real file sizes) of the refined curve (the
 shipped models at N) against the plain one. time: seconds to encode each of the first Kodak
 images ($KODAK_DIR) with each shipped model, plain and refined, on --threads threads.
+mobility: how far refinement can move a model's rate, the question of rate control within a
+few % of a budget (docs/refinement.md): each shipped model refined with its beta scaled by each
+factor (0.001: the rate left free to grow; 16: pulled down hard), real bpp and MS-SSIM against
+the plain file's, per image and in the mean over the first --images images of --dataset.
 With --codecs, also the BD-rates of the plain and the refined curves against the classical
 codecs' (results/other_codecs/<PLAIN_DATASET>/, all of its images: the refined results must
 hold all of them too).
@@ -31,6 +37,7 @@ from imgcomp.base.image_files import read_image, resolve_images
 from imgcomp.checkpoints import zoo
 from imgcomp.checkpoints.log_dirs import ckpt_dir_of, read_configs
 from imgcomp.evaluation.plotting import load_codec_curves
+from imgcomp.evaluation.quality import ms_ssim_uint8
 from imgcomp.evaluation.refinement import refined_symbols
 from imgcomp.evaluation.results import (
     MEASURES_CSV,
@@ -138,6 +145,35 @@ def timing(args: argparse.Namespace) -> None:
             print(f"{known.name} N={steps}: {wall:.1f} s per image ({cpu:.1f} s CPU)", flush=True)
 
 
+def mobility(args: argparse.Namespace) -> None:
+    paths = resolve_images(args.dataset)[1][:args.images]
+    images = [read_image(p) for p in paths]
+    print(f"{args.dataset}: {', '.join(p.name for p in paths)}; N={args.steps}")
+    for known in sorted(zoo.shipped_models(), key=lambda m: m.shipped.kodak_bpp):
+        model = zoo.load_model(known)
+        ae_cfg = read_configs(ckpt_dir_of(known.log_dir))[0]
+        rows = {}
+        for factor in [None, *args.beta_factors]:
+            cfg = ae_cfg if factor is None else type(ae_cfg)(
+                {**ae_cfg, "beta": ae_cfg.beta * factor})
+            for image in images:
+                symbols = refined_symbols(model, image, cfg, 0 if factor is None else args.steps)
+                h, w = image.shape[:2]
+                data, _ = model.encode_symbols(symbols, h, w)
+                decoded = model.reconstruct(symbols, h, w)
+                rows.setdefault(factor, []).append(
+                    (8 * len(data) / (h * w), ms_ssim_uint8(image, decoded)))
+        plain = rows.pop(None)
+        print(f"{known.name} plain: bpp {np.mean([b for b, _ in plain]):.4f}, "
+              f"MS-SSIM {np.mean([q for _, q in plain]):.4f}")
+        for factor, measured in rows.items():
+            ratios = [b / p for (b, _), (p, _) in zip(measured, plain, strict=True)]
+            print(f"  beta x{factor:g}: bpp {np.mean([b for b, _ in measured]):.4f} "
+                  f"({100 * (np.mean(ratios) - 1):+.1f} %, per image "
+                  f"{', '.join(f'{100 * (r - 1):+.1f}' for r in ratios)}), "
+                  f"MS-SSIM {np.mean([q for _, q in measured]):.4f}", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -158,6 +194,12 @@ def main() -> None:
     s.add_argument("--threads", type=int, default=2)
     s.add_argument("--images", type=int, default=3)
     s.set_defaults(run=timing)
+    m = sub.add_parser("mobility")
+    m.add_argument("--dataset", default="bsds500_val")
+    m.add_argument("--images", type=int, default=3)
+    m.add_argument("--steps", type=int, default=20)
+    m.add_argument("--beta_factors", type=float, nargs="+", default=[0.001, 1, 4, 16])
+    m.set_defaults(run=mobility)
     args = p.parse_args()
     args.run(args)
 
