@@ -103,8 +103,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     port.add_argument(
         "--bf16", action="store_true",
         help="bfloat16 autocast for the training forward's convolutions (loss, weights and "
-        "Adam stay float32): ~1.6x faster steps on a CPU with AVX512-BF16 or AMX, slower on "
-        "one without; see docs/performance.md",
+        "Adam stay float32): 1.5-1.8x faster steps on a CPU with AVX512-BF16 (measured); "
+        "see docs/performance.md",
     )
     port.add_argument("--num_workers", type=int, default=2, help="data loader processes")
     port.add_argument(
