@@ -82,7 +82,7 @@ def compress(image: ImageLike, model: str | os.PathLike | None = None, refine: i
     codec = _cached_model(known.log_dir)
     if not refine:
         return codec.compress(image)
-    array = read_image(image)
+    array = read_image(image, max_pixels=bitstream.pixel_limit())
     symbols = refined_symbols(codec, array, _cached_ae_config(known.log_dir), refine)
     return codec.encode_symbols(symbols, *array.shape[:2])[0]
 

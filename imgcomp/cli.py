@@ -262,7 +262,7 @@ def _encode(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             folder.mkdir(exist_ok=True)
         for source, target in tqdm(jobs, disable=len(jobs) < 2, unit="image"):
             start = time.perf_counter()
-            image = read_image(source)
+            image = read_image(source, max_pixels=pixel_limit())
             try:
                 chosen = rate_control.encode_image(image, candidates, args.refine, args.bpp,
                                                    args.ms_ssim, progress=True)

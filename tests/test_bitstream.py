@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import torch
 from bitstream_mutations import KINDS, base_files, decode_outcome, mutate
+from PIL import Image
 
 from imgcomp import api, cli
 from imgcomp.api import default_model_dir, load_model
+from imgcomp.base.image_files import ImageReadError
 from imgcomp.entropy_coding import bitstream, range_coding
 from imgcomp.entropy_coding.bitstream import (
     FORMAT_VERSION,
@@ -133,6 +135,26 @@ def test_cli_pixel_limit(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as exit_:
         cli.main(args)
     assert exit_.value.code == 2 and "IMGCOMP_MAX_PIXELS" in capsys.readouterr().err
+
+
+def test_encoder_takes_what_the_decoder_takes(codec, tmp_path, capsys, monkeypatch):
+    """The encoder reads images up to the decoder's pixel limit (not Pillow's smaller bomb
+    limit) and refuses larger ones, so it never writes a file the decoder would refuse."""
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.full((48, 64, 3), 128, np.uint8)).save(photo)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow alone refuses > 2000
+    out = tmp_path / "photo.imgc"
+    assert cli.main(["encode", str(photo), "-o", str(out)]) == 0
+    assert codec.decompress(codec.compress(photo)).shape == (48, 64, 3)
+    monkeypatch.setenv("IMGCOMP_MAX_PIXELS", "3071")
+    capsys.readouterr()
+    out.unlink()
+    assert cli.main(["encode", str(photo), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"error: cannot read image {photo}: 64x48 is over the limit of 3071 pixels\n"
+    assert not out.exists()
+    with pytest.raises(ImageReadError, match="over the limit of 3071"):
+        codec.compress(photo)
 
 
 @pytest.mark.parametrize("payload", [bytes(4), b"\xff" * 4, bytes.fromhex("12345678"),

@@ -461,6 +461,26 @@ def test_read_image_names_the_file(tmp_path: Path) -> None:
         read_image(b"nonsense", name="rec#3")
 
 
+def test_read_image_max_pixels_replaces_pillows_bomb_limit(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    path = tmp_path / "wide.png"
+    write_image(path, gradient(10, 20))  # 200 pixels
+    with Image.open(path) as img, pytest.raises(ImageReadError, match="over the limit of 199"):
+        read_image(img, max_pixels=199)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40)  # Pillow refuses > 80 pixels
+    with pytest.raises(ImageReadError, match="decompression bomb"):
+        read_image(path)
+    assert read_image(path, max_pixels=200).shape == (10, 20, 3)
+    assert read_image(path.read_bytes(), max_pixels=200).shape == (10, 20, 3)
+    assert Image.MAX_IMAGE_PIXELS == 40  # Pillow's global is restored
+    message = f"cannot read image {path}: 20x10 is over the limit of 199 pixels"
+    with pytest.raises(ImageReadError, match=re.escape(message)):
+        read_image(path, max_pixels=199)
+    with pytest.raises(ImageReadError, match="20x10 is over the limit of 199"):
+        read_image(gradient(10, 20), max_pixels=199)
+
+
 def test_read_image_arrays_and_write_image(tmp_path: Path) -> None:
     rgb = gradient(6, 8)
     assert read_image(rgb) is rgb

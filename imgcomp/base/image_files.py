@@ -7,9 +7,11 @@ training loaders and TFRecord readers of `imgcomp.data.loaders`.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -126,16 +128,20 @@ def sample_photos() -> list[Path]:
     return paths
 
 
-def read_image(image: ImageLike, name: str | None = None) -> np.ndarray:
+def read_image(image: ImageLike, name: str | None = None, max_pixels: int | None = None
+               ) -> np.ndarray:
     """Any image as an H x W x 3 uint8 RGB array.
 
     Files and encoded bytes are decoded; grayscale, palette, 16-bit, CMYK, ... become 8-bit
     RGB and alpha is dropped (as TensorFlow's ``decode_image(channels=3)`` does). `name`
     labels bytes in error messages; ImageReadError names the image on any decoding failure.
     A PIL image is converted the same way; anything else must be an H x W x 3 or H x W (gray)
-    uint8 array (ValueError otherwise).
+    uint8 array (ValueError otherwise). `max_pixels` replaces Pillow's decompression-bomb
+    limit (an error from ~179 MP) for files and bytes: the codec reads what its own pixel
+    guard lets it write, and refuses a larger image before decoding its pixels.
     """
     if isinstance(image, Image.Image):
+        _check_size(image.width, image.height, max_pixels, name or "<PIL image>")
         return _to_rgb8(image)
     if isinstance(image, bytes | bytearray | memoryview):
         source: io.BytesIO | str | os.PathLike = io.BytesIO(image)
@@ -144,13 +150,39 @@ def read_image(image: ImageLike, name: str | None = None) -> np.ndarray:
         source = image
         label = name or os.fspath(image)
     else:
-        return _rgb8_array(np.asarray(image))
+        array = _rgb8_array(np.asarray(image))
+        _check_size(array.shape[1], array.shape[0], max_pixels, name or "<array>")
+        return array
     try:
-        with Image.open(source) as img:
+        with _pillow_pixel_limit(max_pixels), Image.open(source) as img:
+            _check_size(img.width, img.height, max_pixels, label)
             img.load()
             return _to_rgb8(img)
+    except ImageReadError:
+        raise
     except Exception as exc:  # Pillow's plugins raise many exception types on corrupt data
         raise ImageReadError(f"cannot read image {label}: {exc}") from exc
+
+
+def _check_size(width: int, height: int, max_pixels: int | None, label: str) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageReadError(f"cannot read image {label}: {width}x{height} is over the limit "
+                             f"of {max_pixels} pixels")
+
+
+@contextlib.contextmanager
+def _pillow_pixel_limit(max_pixels: int | None) -> Iterator[None]:
+    """With `max_pixels`, Pillow's own bomb check off for the `with` block (the caller checks
+    the size itself); Pillow keeps it as a global, restored afterwards."""
+    if max_pixels is None:
+        yield
+        return
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
 
 
 def _to_rgb8(img: Image.Image) -> np.ndarray:

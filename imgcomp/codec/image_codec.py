@@ -11,7 +11,14 @@ import torch
 from torch import Tensor, nn
 
 from imgcomp.base.image_files import ImageLike, read_image
-from imgcomp.entropy_coding.bitstream import BitstreamError, Header, model_fingerprint, pack, unpack
+from imgcomp.entropy_coding.bitstream import (
+    BitstreamError,
+    Header,
+    model_fingerprint,
+    pack,
+    pixel_limit,
+    unpack,
+)
 from imgcomp.entropy_coding.integer_model import IntegerContextModel
 from imgcomp.entropy_coding.range_coding import decode_symbols, encode_symbols
 from imgcomp.nets import row_bands, tiling
@@ -210,7 +217,7 @@ class ImageCodec(nn.Module):
     def compress(self, image: ImageLike) -> bytes:
         """Image (see `read_image`: path, PIL image, H x W x 3 uint8 array, ...) -> compressed
         bytes."""
-        array = read_image(image)
+        array = read_image(image, max_pixels=pixel_limit())
         return self.encode_symbols(self.symbols(array), *array.shape[:2])[0]
 
     def decompress(self, data: bytes, max_pixels: int | None = None) -> np.ndarray:
