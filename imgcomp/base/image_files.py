@@ -192,6 +192,8 @@ def _to_rgb8(img: Image.Image) -> np.ndarray:
         return np.repeat(gray.astype(np.uint8)[..., None], 3, axis=2)
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")  # avoids Pillow's warning on palette transparency
+    if img.mode == "RGB":  # no converted copy: a 256 MP photo reads in 2.5 GB, not 3.5
+        return np.array(img)
     return np.array(img.convert("RGB"))
 
 

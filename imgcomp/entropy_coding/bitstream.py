@@ -31,9 +31,10 @@ MAX_SIDE = 1 << 16  # refuse absurd sizes before allocating anything
 # ordinary photos never reach and a few bytes claiming a huge image always do. Decoding runs
 # the context model along its wavefront and the autoencoder tile by tile, so its memory is the
 # image itself (3 bytes a pixel, and C/64 for its symbols) plus a working set bounded by the
-# tile: a 48 MP photo (8000 x 6000) decodes in under 1 GB. 2^28 pixels (256 MP, 16384 x 16384)
-# take ~1.5 GB (the image 0.8 GB) and ~10 minutes on two cores, the most a workstation should
-# give a file from anyone; larger images need the limit raised explicitly (pixel_limit).
+# tile: a 48 MP photo (8000 x 6000) decodes in under 1 GB. 256 MP (16000 x 16000) took 2.2 GB,
+# most of it the PNG writer's copies of the image, and 10 minutes on two cores: about the most
+# a workstation should give a file from anyone; larger images need the limit raised explicitly
+# (pixel_limit).
 MAX_PIXELS = 1 << 28
 MAX_PIXELS_ENV = "IMGCOMP_MAX_PIXELS"
 
