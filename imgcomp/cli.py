@@ -43,7 +43,9 @@ def _add_model_args(s: argparse.ArgumentParser, default_help: str) -> None:
 def _add_codec_commands(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("encode", help="IMAGE... -> compressed FILE(s)",
                        description="Compress images. One image: -o is the file; several images "
-                       f"or a folder: -o is a folder, receiving NAME{COMPRESSED_SUFFIX} for each.")
+                       f"or a folder: -o is a folder, receiving NAME{COMPRESSED_SUFFIX} for each. "
+                       "An image over the decoder's pixel limit (2^28 pixels, or "
+                       "$IMGCOMP_MAX_PIXELS) is refused, as its file would be.")
     _add_model_args(s, f"default: {zoo.DEFAULT_MODEL}")
     s.add_argument("input", nargs="+", metavar="IMAGE", help="image files or folders of images")
     s.add_argument("-o", "--output", required=True, metavar="OUT",

@@ -136,9 +136,10 @@ def read_image(image: ImageLike, name: str | None = None, max_pixels: int | None
     RGB and alpha is dropped (as TensorFlow's ``decode_image(channels=3)`` does). `name`
     labels bytes in error messages; ImageReadError names the image on any decoding failure.
     A PIL image is converted the same way; anything else must be an H x W x 3 or H x W (gray)
-    uint8 array (ValueError otherwise). `max_pixels` replaces Pillow's decompression-bomb
-    limit (an error from ~179 MP) for files and bytes: the codec reads what its own pixel
-    guard lets it write, and refuses a larger image before decoding its pixels.
+    uint8 array (ValueError otherwise). With `max_pixels`, an image of more pixels raises
+    ImageReadError (a file or bytes before their pixels are decoded), and for files and bytes
+    it replaces Pillow's own decompression-bomb limit (an error from ~179 MP): the encoder
+    reads what the decoder's pixel guard lets through.
     """
     if isinstance(image, Image.Image):
         _check_size(image.width, image.height, max_pixels, name or "<PIL image>")
